@@ -1,0 +1,208 @@
+"""Typed settings, read from the environment (``MAASKIT_`` prefix) or given in code.
+
+Settings are validated when they are built: a bad value raises
+:class:`maaskit.errors.ValidationError` with code ``config.invalid``, naming the setting
+(``MAASKIT_DATABASE_URL``) and what is wrong with it. Secret settings are
+``pydantic.SecretStr``: they print as ``**********`` in ``repr``/``str`` and in logs.
+
+Example::
+
+    from maaskit.settings import Settings
+
+    settings = Settings(database_url="sqlite+aiosqlite:///./maaskit.db")
+    settings = Settings.from_env()          # MAASKIT_DATABASE_URL=... etc.
+
+Only this module reads environment variables; every service receives its configuration
+through its constructor.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import pydantic
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from maaskit.errors import ValidationError
+
+__all__ = ["MIN_SECRET_BYTES", "Settings", "secret_setting_names"]
+
+#: Minimum length, in bytes, of signing secrets, peppers and master keys.
+MIN_SECRET_BYTES = 32
+
+_SQL_SCHEMES = ("sqlite+aiosqlite", "postgresql+asyncpg")
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_HTTP_SCHEMES = ("http", "https")
+
+
+def _check_url(value: str | None, schemes: tuple[str, ...]) -> str | None:
+    if value is None or value == "":
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in schemes:
+        raise ValueError(f"scheme must be one of {', '.join(schemes)}")
+    if parts.scheme in _HTTP_SCHEMES + ("redis", "rediss") and not parts.hostname:
+        raise ValueError("the URL has no host")
+    return value
+
+
+class Settings(BaseSettings):
+    """Every setting maaskit reads. Environment variables are ``MAASKIT_<NAME>`` (upper case)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MAASKIT_",
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+        hide_input_in_errors=True,
+    )
+
+    # -- general -------------------------------------------------------------------------
+    environment: Literal["development", "test", "production"] = "development"
+    default_locale: str = "en"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_json: bool = False
+
+    # -- storage -------------------------------------------------------------------------
+    database_url: str = "sqlite+aiosqlite:///:memory:"
+    database_pool_size: int = Field(default=10, ge=1, le=1000)
+    database_max_overflow: int = Field(default=10, ge=0, le=1000)
+    database_pool_timeout: float = Field(default=30.0, gt=0)
+    database_pool_recycle: float = Field(default=1800.0, gt=0)
+    database_echo: bool = False
+    auto_migrate: bool = True
+    redis_url: str | None = None
+
+    # -- cache ---------------------------------------------------------------------------
+    cache_backend: Literal["auto", "memory", "redis"] = "auto"
+    cache_default_ttl: float = Field(default=300.0, gt=0)
+    cache_max_entries: int = Field(default=100_000, ge=1)
+
+    # -- secrets (masked everywhere) -------------------------------------------------------
+    signing_secret: SecretStr | None = None
+    key_pepper: SecretStr | None = None
+    master_key: SecretStr | None = None
+    admin_token: SecretStr | None = None
+    admin_password: SecretStr | None = None
+
+    # -- gateway -------------------------------------------------------------------------
+    upstream_url: str | None = None
+    upstream_api_key: SecretStr | None = None
+    upstream_timeout: float = Field(default=600.0, gt=0)
+    upstream_connect_timeout: float = Field(default=5.0, gt=0)
+    upstream_max_retries: int = Field(default=2, ge=0, le=10)
+    upstream_retry_after_cap: float = Field(default=10.0, ge=0)
+    default_max_tokens: int = Field(default=4096, ge=1)
+    key_cache_ttl: float = Field(default=60.0, gt=0)
+    key_rotation_grace: float = Field(default=86_400.0, ge=0)
+    usage_flush_interval: float = Field(default=1.0, gt=0, le=60)
+    usage_flush_batch: int = Field(default=1000, ge=1)
+    health_timeout: float = Field(default=2.0, gt=0)
+
+    # -- identity ------------------------------------------------------------------------
+    jwt_issuer: str = "maaskit"
+    jwt_audience: str = "maaskit"
+    access_token_ttl: float = Field(default=600.0, gt=0)
+    refresh_token_ttl: float = Field(default=30 * 86_400.0, gt=0)
+    session_idle_timeout: float = Field(default=1800.0, gt=0)
+    session_absolute_timeout: float = Field(default=43_200.0, gt=0)
+
+    # -- models and upstreams --------------------------------------------------------------
+    litellm_url: str | None = None
+    litellm_master_key: SecretStr | None = None
+    hub_endpoint: str | None = None
+    hub_token: SecretStr | None = None
+    hub_cache_dir: str | None = None
+    aliases_dir: str | None = None
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except pydantic.ValidationError as exc:
+            raise _config_error(exc) from None
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Build settings from ``MAASKIT_*`` environment variables; *overrides* win."""
+        return cls(**overrides)
+
+    def with_changes(self, **changes: Any) -> Settings:
+        """A validated copy with *changes* applied (settings are immutable)."""
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        values.update(changes)
+        return type(self)(**values)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        checked = _check_url(value, _SQL_SCHEMES)
+        if checked is None:
+            raise ValueError("must not be empty")
+        return checked
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        return _check_url(value, _REDIS_SCHEMES)
+
+    @field_validator("upstream_url", "litellm_url", "hub_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return _check_url(value, _HTTP_SCHEMES)
+
+    @field_validator("signing_secret", "key_pepper", "master_key")
+    @classmethod
+    def _strong_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        if len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes of random data")
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.cache_backend == "redis" and not self.redis_url:
+            raise ValueError("cache_backend 'redis' needs redis_url")
+        if self.session_idle_timeout > self.session_absolute_timeout:
+            raise ValueError("session_idle_timeout must not exceed session_absolute_timeout")
+        if self.environment == "production":
+            missing = [n for n in ("signing_secret", "key_pepper", "master_key") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"production needs {', '.join(missing)}")
+        return self
+
+    @property
+    def effective_cache_backend(self) -> Literal["memory", "redis"]:
+        """The cache backend in use: ``auto`` means Redis when ``redis_url`` is set."""
+        if self.cache_backend == "auto":
+            return "redis" if self.redis_url else "memory"
+        return self.cache_backend
+
+
+def secret_setting_names() -> tuple[str, ...]:
+    """Names of every setting that holds a secret (masked in logs and reprs)."""
+    return tuple(
+        name for name, field in Settings.model_fields.items() if "SecretStr" in repr(field.annotation)
+    )
+
+
+def _config_error(exc: pydantic.ValidationError) -> ValidationError:
+    problems = []
+    first_setting = "settings"
+    for err in exc.errors(include_input=False, include_url=False):
+        loc = [str(p) for p in err.get("loc", ()) if p != "__root__"]
+        setting = "MAASKIT_" + loc[0].upper() if loc else "settings"
+        if first_setting == "settings":
+            first_setting = setting
+        reason = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        problems.append(f"{setting}: {reason}" if loc else reason)
+    return ValidationError("config.invalid", setting=first_setting, reason="; ".join(problems))
