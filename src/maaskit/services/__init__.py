@@ -1,0 +1,1 @@
+"""maaskit services: one module per domain (Protocol, value objects, default implementation)."""

@@ -1,0 +1,1 @@
+"""In-process storage backends, one module per domain."""

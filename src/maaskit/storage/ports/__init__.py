@@ -1,0 +1,1 @@
+"""Small store Protocols (ports), one module per domain."""

@@ -1,0 +1,1 @@
+"""Redis storage backends, one module per domain."""
