@@ -1,0 +1,1 @@
+"""Contract suites: the same behavioural tests maaskit runs on its own backends, for yours."""
