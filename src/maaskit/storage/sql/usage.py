@@ -1,0 +1,179 @@
+"""SQL :class:`~maaskit.storage.ports.usage.UsageStore` (SQLite and PostgreSQL).
+
+Batches go in as one Core ``INSERT ... ON CONFLICT (request_id) DO NOTHING`` executed with
+many parameter sets in one transaction (SQLAlchemy's dialect-specific ``insert``), so a
+request id already stored, by this or another replica, is skipped. Reports aggregate in SQL
+(``GROUP BY``), with the UTC calendar day computed by the database on both dialects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+
+from maaskit.errors import UnavailableError
+from maaskit.services.usage import UsageQuery, UsageRecord, UsageRow, sort_usage_rows
+from maaskit.storage.sql.database import Database
+from maaskit.storage.sql.tables.usage import UsageRecordRow
+
+__all__ = ["SqlUsageStore", "utc_day"]
+
+_table: sa.Table = UsageRecordRow.__table__  # type: ignore[attr-defined]
+_c = _table.c
+
+_UNAVAILABLE = (OSError, sa.exc.OperationalError, sa.exc.InterfaceError)
+
+
+class utc_day(sa.sql.functions.FunctionElement[date]):
+    """``utc_day(ts)``: the UTC calendar day of a ``UTCDateTime`` column, as a ``DATE``.
+
+    SQLite stores maaskit timestamps as UTC text, so this is ``date(ts)``; PostgreSQL stores
+    ``timestamptz``, so it is ``CAST((ts AT TIME ZONE 'UTC') AS DATE)`` whatever the session's
+    time zone.
+    """
+
+    type = sa.Date()
+    name = "utc_day"
+    inherit_cache = True
+
+
+@compiles(utc_day, "sqlite")
+def _utc_day_sqlite(element: utc_day, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"date({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(utc_day, "postgresql")
+def _utc_day_postgresql(element: utc_day, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"CAST(({compiler.process(element.clauses, **kw)} AT TIME ZONE 'UTC') AS DATE)"
+
+
+_DIMENSIONS: dict[str, sa.ColumnElement[Any]] = {
+    "key": _c.key_id,
+    "owner": _c.owner_id,
+    "team": _c.team_id,
+    "model": _c.model,
+    "upstream": _c.upstream,
+    "day": utc_day(_c.created_at),
+}
+_ROW_FIELD = {
+    "key": "key_id",
+    "owner": "owner_id",
+    "team": "team_id",
+    "model": "model",
+    "upstream": "upstream",
+}
+
+
+def _to_params(record: UsageRecord) -> dict[str, Any]:
+    return {
+        "request_id": record.request_id,
+        "key_id": record.key_id,
+        "owner_id": record.owner_id,
+        "team_id": record.team_id,
+        "model": record.model,
+        "upstream": record.upstream,
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
+        "total_tokens": record.total_tokens,
+        "cost_micros": record.cost_micros,
+        "usage_source": record.usage_source,
+        "status": record.status,
+        "streamed": record.streamed,
+        "latency_ms": record.latency_ms,
+        "created_at": record.created_at,
+    }
+
+
+class SqlUsageStore:
+    """Usage records in the ``maaskit_usage`` table.
+
+    Args:
+        database: a migrated :class:`~maaskit.storage.sql.database.Database`
+            (SQLite or PostgreSQL).
+    """
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+        if database.dialect == "postgresql":
+            insert: Any = postgresql.insert(_table)
+        else:
+            insert = sqlite.insert(_table)
+        self._insert = insert.on_conflict_do_nothing(index_elements=[_c.request_id])
+
+    def __repr__(self) -> str:
+        return f"SqlUsageStore({self._db!r})"
+
+    async def add_many(self, records: Sequence[UsageRecord]) -> None:
+        """Insert *records* in one transaction with one statement; skip known request ids.
+
+        Raises:
+            UnavailableError: ``database.unavailable`` when the database cannot be reached
+                (nothing of the batch is stored).
+        """
+        if not records:
+            return
+        params = [_to_params(record) for record in records]
+        try:
+            async with self._db.engine.begin() as conn:
+                await conn.execute(self._insert, params)
+        except _UNAVAILABLE as exc:
+            raise UnavailableError("database.unavailable") from exc
+
+    async def get(self, request_id: str) -> UsageRecord | None:
+        """The stored record with *request_id*, or ``None``."""
+        stmt = sa.select(_table).where(_c.request_id == request_id)
+        try:
+            async with self._db.engine.connect() as conn:
+                row = (await conn.execute(stmt)).mappings().first()
+        except _UNAVAILABLE as exc:
+            raise UnavailableError("database.unavailable") from exc
+        return None if row is None else UsageRecord(**row)
+
+    async def aggregate(self, query: UsageQuery) -> list[UsageRow]:
+        """Aggregate in SQL (``GROUP BY`` the query's dimensions); see the port for the contract."""
+        dims = [_DIMENSIONS[dim] for dim in query.group_by]
+        zero = sa.literal(0, sa.BigInteger)
+        stmt = sa.select(
+            *(expr.label(f"g_{dim}") for dim, expr in zip(query.group_by, dims, strict=True)),
+            sa.func.count().label("requests"),
+            sa.func.coalesce(sa.func.sum(sa.case((_c.status != "ok", 1), else_=0)), zero).label("errors"),
+            sa.func.coalesce(sa.func.sum(_c.prompt_tokens), zero).label("prompt_tokens"),
+            sa.func.coalesce(sa.func.sum(_c.completion_tokens), zero).label("completion_tokens"),
+            sa.func.coalesce(sa.func.sum(_c.total_tokens), zero).label("total_tokens"),
+            sa.func.coalesce(sa.func.sum(_c.cost_micros), zero).label("cost_micros"),
+        ).where(_c.created_at >= query.start, _c.created_at < query.end)
+        for column, value in (
+            (_c.key_id, query.key_id),
+            (_c.owner_id, query.owner_id),
+            (_c.team_id, query.team_id),
+            (_c.model, query.model),
+        ):
+            if value is not None:
+                stmt = stmt.where(column == value)
+        if dims:
+            stmt = stmt.group_by(*dims)
+        try:
+            async with self._db.engine.connect() as conn:
+                result = (await conn.execute(stmt)).mappings().all()
+        except _UNAVAILABLE as exc:
+            raise UnavailableError("database.unavailable") from exc
+        rows = []
+        for row in result:
+            fields: dict[str, Any] = {
+                "requests": int(row["requests"]),
+                "errors": int(row["errors"]),
+                "prompt_tokens": int(row["prompt_tokens"]),
+                "completion_tokens": int(row["completion_tokens"]),
+                "total_tokens": int(row["total_tokens"]),
+                "cost_micros": int(row["cost_micros"]),
+            }
+            for dim in query.group_by:
+                fields[_ROW_FIELD.get(dim, dim)] = row[f"g_{dim}"]
+            rows.append(UsageRow(**fields))
+        return sort_usage_rows(rows, query.group_by)
