@@ -1,0 +1,829 @@
+"""AiApiService: the OpenAI-compatible upstream client a gateway forwards through.
+
+:class:`DefaultAiApiService` sends chat completions (whole or streamed), embeddings and model
+listings to one configured :class:`~maaskit.services.upstream.Upstream` through an
+:class:`~maaskit.services.upstream.UpstreamTransport`, with :class:`RetryPolicy` retries and a
+:class:`CircuitBreaker`. It returns the upstream's bytes untouched (so a gateway can forward
+them) together with the parsed response and the request's :class:`Usage`, reported by the
+upstream or estimated (:mod:`maaskit.services.tokens_estimate`) when it reports none.
+
+Streaming forwards server-sent events as they arrive; the service asks the upstream for
+``stream_options.include_usage`` and drops the extra usage-only event again when the client did
+not ask for it. The usage of a stream is final once the stream ends *or* the consumer stops early
+(client disconnect): it is then estimated from what was delivered, and ``on_complete`` is called
+exactly once::
+
+    async with ai.stream_chat_completion(body, on_complete=settle) as stream:
+        async for chunk in stream:
+            await send(chunk)
+    print(stream.usage)
+
+Host pinning: requests always go to the configured base URL; ``api_base``, ``base_url``,
+``api_key``, ``headers``... in a client's body are removed before forwarding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Literal, NoReturn, Protocol, runtime_checkable
+
+import attrs
+import structlog
+
+from maaskit.clock import Clock, SystemClock
+from maaskit.errors import (
+    MaasError,
+    NotFoundError,
+    RateLimitedError,
+    UpstreamError,
+    ValidationError,
+)
+from maaskit.services.tokens_estimate import CharTokenEstimator, TokenEstimator
+from maaskit.services.upstream import (
+    CircuitBreaker,
+    RetryPolicy,
+    TransportConnectError,
+    TransportError,
+    TransportTimeoutError,
+    Upstream,
+    UpstreamResponse,
+    UpstreamTransport,
+    parse_retry_after,
+)
+
+__all__ = [
+    "STRIPPED_BODY_KEYS",
+    "AiApiService",
+    "ApiKeyCheck",
+    "ChatResult",
+    "ChatStream",
+    "DefaultAiApiService",
+    "EmbeddingsResult",
+    "ModelCheck",
+    "ModelList",
+    "OnComplete",
+    "UpstreamModel",
+    "Usage",
+]
+
+_log = structlog.get_logger(__name__)
+
+#: Keys removed from every client body before forwarding: none of them may pick the host,
+#: the credentials or the headers of the upstream request.
+STRIPPED_BODY_KEYS: frozenset[str] = frozenset(
+    {
+        "api_base",
+        "base_url",
+        "api_key",
+        "api_version",
+        "headers",
+        "extra_headers",
+        "extra_query",
+        "custom_llm_provider",
+        "deployment_id",
+        "organization",
+    }
+)
+
+_PENDING: set[asyncio.Task[Any]] = set()
+
+
+# --------------------------------------------------------------------------------------------
+# value objects
+
+
+@attrs.frozen
+class Usage:
+    """Tokens of one request, and whether the upstream reported them or maaskit estimated them."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    source: Literal["reported", "estimated"]
+
+    @classmethod
+    def estimated(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
+        """An estimated usage (``total = prompt + completion``)."""
+        return cls(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens, "estimated")
+
+    @classmethod
+    def from_reported(cls, value: Any) -> Usage | None:
+        """Parse an OpenAI ``usage`` object; ``None`` when absent or malformed."""
+        if not isinstance(value, Mapping):
+            return None
+        prompt = value.get("prompt_tokens")
+        completion = value.get("completion_tokens", 0)
+        total = value.get("total_tokens")
+        if completion is None:
+            completion = 0
+        if not isinstance(prompt, int) or not _count(prompt) or not _count(completion):
+            return None
+        if total is None:
+            total = prompt + completion
+        elif not _count(total):
+            return None
+        return cls(prompt, completion, total, "reported")
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+@attrs.frozen
+class ChatResult:
+    """A non-streamed chat completion.
+
+    Attributes:
+        response: the parsed upstream JSON object.
+        body: the upstream's body bytes, untouched (forward these).
+        usage: reported or estimated usage.
+        model: the client-facing model name of the request.
+        status: the upstream's HTTP status.
+    """
+
+    response: dict[str, Any] = attrs.field(repr=False)
+    body: bytes = attrs.field(repr=False)
+    usage: Usage
+    model: str
+    status: int = 200
+
+
+@attrs.frozen
+class EmbeddingsResult:
+    """An embeddings answer: parsed ``response``, raw ``body`` bytes and ``usage``."""
+
+    response: dict[str, Any] = attrs.field(repr=False)
+    body: bytes = attrs.field(repr=False)
+    usage: Usage
+    model: str
+    status: int = 200
+
+
+@attrs.frozen
+class UpstreamModel:
+    """One entry of the upstream's ``/models`` list."""
+
+    id: str
+    owned_by: str | None = None
+    created: int | None = None
+
+
+@attrs.frozen
+class ModelList:
+    """The upstream's models: ``models`` and the raw ``body`` bytes."""
+
+    models: tuple[UpstreamModel, ...]
+    body: bytes = attrs.field(repr=False)
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """The model ids."""
+        return tuple(m.id for m in self.models)
+
+
+@attrs.frozen
+class ApiKeyCheck:
+    """Result of :meth:`AiApiService.test_api_key`.
+
+    Attributes:
+        ok: the upstream accepted the configured key.
+        status: the upstream's HTTP status (``None`` when no answer came).
+        error_code: the maaskit error code on failure.
+        latency: seconds the check took.
+        model_count: models the key can see (on success).
+    """
+
+    ok: bool
+    status: int | None
+    error_code: str | None
+    latency: float
+    model_count: int | None = None
+
+
+@attrs.frozen
+class ModelCheck:
+    """Result of :meth:`AiApiService.test_model`: whether a one-token completion worked."""
+
+    model: str
+    ok: bool
+    error_code: str | None
+    latency: float
+    usage: Usage | None = None
+
+
+OnComplete = Callable[[Usage], Awaitable[None] | None]
+"""Called exactly once with a stream's final usage; may be sync or async."""
+
+
+# --------------------------------------------------------------------------------------------
+# the protocol
+
+
+@runtime_checkable
+class AiApiService(Protocol):
+    """An OpenAI-compatible upstream API."""
+
+    async def chat_completion(self, body: Mapping[str, Any]) -> ChatResult:
+        """Send a non-streamed ``/chat/completions`` request."""
+        ...
+
+    def stream_chat_completion(
+        self, body: Mapping[str, Any], *, on_complete: OnComplete | None = None
+    ) -> ChatStream:
+        """A streamed ``/chat/completions`` request: use as ``async with ... as stream``."""
+        ...
+
+    async def embeddings(self, body: Mapping[str, Any]) -> EmbeddingsResult:
+        """Send an ``/embeddings`` request."""
+        ...
+
+    async def list_models(self) -> ModelList:
+        """The upstream's ``/models`` list."""
+        ...
+
+    async def test_api_key(self) -> ApiKeyCheck:
+        """Check the configured upstream key with a cheap authenticated call; never raises."""
+        ...
+
+    async def test_model(self, model: str) -> ModelCheck:
+        """Check *model* with a one-token completion; never raises."""
+        ...
+
+    async def ping(self) -> bool:
+        """Health check: ``True`` when the upstream lists its models."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------
+# the default implementation
+
+
+class DefaultAiApiService:
+    """:class:`AiApiService` over one :class:`Upstream` and an :class:`UpstreamTransport`.
+
+    Args:
+        upstream: where requests go, with which key.
+        transport: the HTTP transport (:class:`~maaskit.services.upstream.AiohttpTransport` for
+            the data plane, :class:`~maaskit.services.upstream.HttpxTransport` for fakes).
+        clock: time source (``Retry-After`` dates, the breaker, latencies).
+        breaker: the upstream's circuit breaker; default: one with default thresholds.
+        retry: the retry policy; default :class:`RetryPolicy()` (3 attempts, cap 10 s).
+        estimator: token estimator for unreported usage; default :class:`CharTokenEstimator`.
+        default_retry_after: ``retry_after`` reported on an upstream 429 without ``Retry-After``.
+    """
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        transport: UpstreamTransport,
+        clock: Clock | None = None,
+        *,
+        breaker: CircuitBreaker | None = None,
+        retry: RetryPolicy | None = None,
+        estimator: TokenEstimator | None = None,
+        default_retry_after: float = 1.0,
+    ) -> None:
+        self._upstream = upstream
+        self._transport = transport
+        self._clock = clock if clock is not None else SystemClock()
+        self._breaker = breaker if breaker is not None else CircuitBreaker(upstream.name, self._clock)
+        self._retry = retry if retry is not None else RetryPolicy()
+        self._estimator = estimator if estimator is not None else CharTokenEstimator()
+        self._default_retry_after = default_retry_after
+        self._json_headers = upstream.auth_headers(json=True)
+        self._get_headers = upstream.auth_headers()
+        self._chat_url = upstream.url("chat/completions")
+        self._embeddings_url = upstream.url("embeddings")
+        self._models_url = upstream.url("models")
+        self._timeouts = upstream.timeouts
+
+    @property
+    def upstream(self) -> Upstream:
+        """The configured upstream."""
+        return self._upstream
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The upstream's circuit breaker."""
+        return self._breaker
+
+    @property
+    def estimator(self) -> TokenEstimator:
+        """The token estimator used when the upstream reports no usage."""
+        return self._estimator
+
+    # -- public API ---------------------------------------------------------------------------
+
+    async def chat_completion(self, body: Mapping[str, Any]) -> ChatResult:
+        """Send a non-streamed chat completion; returns the upstream's bytes, parsed JSON and usage.
+
+        Raises:
+            ValidationError: the body is not a JSON object with a ``model`` string
+                (``upstream.invalid_body``), or the upstream refused it (``upstream.bad_request``).
+            NotFoundError: ``upstream.model_not_found``.
+            RateLimitedError: ``upstream.rate_limited`` (after retries, or Retry-After beyond the cap).
+            UpstreamError: ``upstream.auth_failed``, ``upstream.error``, ``upstream.timeout``,
+                ``upstream.unreachable``, ``upstream.invalid_response``.
+            UnavailableError: ``upstream.circuit_open``.
+        """
+        payload, model = self._prepare(body, stream=False)
+        resp = await self._send("POST", self._chat_url, self._json_headers, payload, model=model)
+        data = self._parse_object(resp.body)
+        usage = Usage.from_reported(data.get("usage"))
+        if usage is None:
+            usage = Usage.estimated(
+                self._estimator.prompt_tokens(body),
+                self._estimator.count_chars(_completion_chars(data)),
+            )
+        return ChatResult(response=data, body=resp.body, usage=usage, model=model, status=resp.status)
+
+    def stream_chat_completion(
+        self, body: Mapping[str, Any], *, on_complete: OnComplete | None = None
+    ) -> ChatStream:
+        """A streamed chat completion (see :class:`ChatStream`).
+
+        The request is sent (with retries) when the stream is entered; errors before the first
+        byte raise from ``__aenter__``/:meth:`ChatStream.start` exactly like
+        :meth:`chat_completion`'s. *on_complete* is called exactly once with the final usage,
+        once the stream was started and then ended, broke off or was abandoned.
+        """
+        payload, model, wants_usage = self._prepare_stream(body)
+        return ChatStream(self, payload, body, model, wants_usage, on_complete)
+
+    async def embeddings(self, body: Mapping[str, Any]) -> EmbeddingsResult:
+        """Send an embeddings request; usage is reported or estimated from ``input``."""
+        payload, model = self._prepare(body, stream=None)
+        resp = await self._send("POST", self._embeddings_url, self._json_headers, payload, model=model)
+        data = self._parse_object(resp.body)
+        usage = Usage.from_reported(data.get("usage"))
+        if usage is None:
+            usage = Usage.estimated(self._estimator.prompt_tokens(body), 0)
+        return EmbeddingsResult(response=data, body=resp.body, usage=usage, model=model, status=resp.status)
+
+    async def list_models(self) -> ModelList:
+        """The upstream's model list (upstream ids, not client-facing aliases)."""
+        resp = await self._send("GET", self._models_url, self._get_headers, None, model=None)
+        return self._model_list(resp.body)
+
+    async def test_api_key(self) -> ApiKeyCheck:
+        """``GET /models`` once (no retries, no breaker) and report whether the key works."""
+        started = self._clock.monotonic()
+        try:
+            resp = await self._transport.request(
+                "GET", self._models_url, headers=self._get_headers, timeout=self._timeouts
+            )
+            if not 200 <= resp.status < 300:
+                self._raise_for_status(resp, None)
+            models = self._model_list(resp.body)
+        except MaasError as exc:
+            status = exc.params.get("status")
+            return ApiKeyCheck(False, status if isinstance(status, int) else None, exc.code, self._since(started))
+        except TransportError as exc:
+            code = self._transport_error(exc).code
+            return ApiKeyCheck(False, None, code, self._since(started))
+        return ApiKeyCheck(True, resp.status, None, self._since(started), len(models.models))
+
+    async def test_model(self, model: str) -> ModelCheck:
+        """A one-token completion on *model*; reports success, error code and latency."""
+        started = self._clock.monotonic()
+        body = {"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+        try:
+            result = await self.chat_completion(body)
+        except MaasError as exc:
+            return ModelCheck(model, False, exc.code, self._since(started))
+        return ModelCheck(model, True, None, self._since(started), result.usage)
+
+    async def ping(self) -> bool:
+        """Health check through :meth:`list_models` (raises the mapped error on failure)."""
+        await self.list_models()
+        return True
+
+    def __repr__(self) -> str:
+        return f"DefaultAiApiService(upstream={self._upstream.name!r}, base_url={self._upstream.base_url!r})"
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _since(self, started: float) -> float:
+        return max(0.0, self._clock.monotonic() - started)
+
+    def _rewrite(self, body: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+        if not isinstance(body, Mapping):
+            raise ValidationError("upstream.invalid_body", reason="expected a JSON object")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise ValidationError("upstream.invalid_body", reason="'model' must be a non-empty string")
+        out = {k: v for k, v in body.items() if k not in STRIPPED_BODY_KEYS}
+        out["model"] = self._upstream.model_map.get(model, model)
+        return out, model
+
+    @staticmethod
+    def _dump(out: dict[str, Any]) -> bytes:
+        try:
+            return json.dumps(out, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        except (TypeError, ValueError):
+            raise ValidationError("upstream.invalid_body", reason="the body is not valid JSON data") from None
+
+    def _prepare(self, body: Mapping[str, Any], *, stream: bool | None) -> tuple[bytes, str]:
+        out, model = self._rewrite(body)
+        if stream is False:
+            out.pop("stream_options", None)
+            if "stream" in out:
+                out["stream"] = False
+        return self._dump(out), model
+
+    def _prepare_stream(self, body: Mapping[str, Any]) -> tuple[bytes, str, bool]:
+        out, model = self._rewrite(body)
+        options = out.get("stream_options")
+        options = dict(options) if isinstance(options, Mapping) else {}
+        wants_usage = options.get("include_usage") is True
+        options["include_usage"] = True
+        out["stream"] = True
+        out["stream_options"] = options
+        return self._dump(out), model, wants_usage
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        payload: bytes | None,
+        *,
+        model: str | None,
+        stream: bool = False,
+    ) -> UpstreamResponse:
+        breaker = self._breaker
+        probe = breaker.before_call()
+        transport = self._transport
+        timeouts = self._timeouts
+
+        def attempt() -> Awaitable[UpstreamResponse]:
+            return transport.request(
+                method, url, headers=headers, json_body=payload, timeout=timeouts, stream=stream
+            )
+
+        try:
+            resp = await self._retry.call(attempt, self._clock, name=self._upstream.name)
+        except TransportError as exc:
+            breaker.record_failure(probe)
+            raise self._transport_error(exc) from None
+        except BaseException:
+            breaker.release(probe)
+            raise
+        status = resp.status
+        if 200 <= status < 300:
+            breaker.record_success(probe)
+            return resp
+        if status >= 500 or status == 408:
+            breaker.record_failure(probe)
+        else:
+            breaker.record_success(probe)
+        self._raise_for_status(resp, model)
+
+    def _transport_error(self, exc: TransportError) -> MaasError:
+        name = self._upstream.name
+        if isinstance(exc, TransportConnectError):
+            return UpstreamError("upstream.unreachable", upstream=name)
+        if isinstance(exc, TransportTimeoutError):
+            return UpstreamError("upstream.timeout", upstream=name)
+        return UpstreamError("upstream.invalid_response", upstream=name, reason="the connection broke off")
+
+    def _raise_for_status(self, resp: UpstreamResponse, model: str | None) -> NoReturn:
+        status = resp.status
+        name = self._upstream.name
+        _log.info("upstream.error_status", upstream=name, status=status)
+        if status in (401, 403):
+            raise UpstreamError("upstream.auth_failed", upstream=name, status=status)
+        if status == 404 and model is not None:
+            raise NotFoundError("upstream.model_not_found", upstream=name, model=model)
+        if status == 429:
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._clock)
+            raise RateLimitedError(
+                "upstream.rate_limited",
+                upstream=name,
+                retry_after=round(retry_after if retry_after is not None else self._default_retry_after, 3),
+            )
+        if status in (400, 413, 422):
+            raise ValidationError(
+                "upstream.bad_request", upstream=name, status=status, reason=self._upstream_message(resp.body)
+            )
+        raise UpstreamError("upstream.error", upstream=name, status=status)
+
+    def _upstream_message(self, body: bytes) -> str:
+        message = ""
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        if isinstance(data, Mapping):
+            error = data.get("error")
+            if isinstance(error, Mapping) and isinstance(error.get("message"), str):
+                message = error["message"]
+            elif isinstance(error, str):
+                message = error
+        if not message:
+            return "no reason given"
+        key = self._upstream.api_key
+        if key:
+            message = message.replace(key, "***")
+        message = "".join(ch if ch.isprintable() else " " for ch in message)
+        return message[:300]
+
+    def _parse_object(self, body: bytes) -> dict[str, Any]:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise UpstreamError(
+                "upstream.invalid_response", upstream=self._upstream.name, reason="the body is not JSON"
+            ) from None
+        if not isinstance(data, dict):
+            raise UpstreamError(
+                "upstream.invalid_response", upstream=self._upstream.name, reason="expected a JSON object"
+            )
+        return data
+
+    def _model_list(self, body: bytes) -> ModelList:
+        data = self._parse_object(body)
+        entries = data.get("data")
+        if not isinstance(entries, list):
+            raise UpstreamError(
+                "upstream.invalid_response", upstream=self._upstream.name, reason="no model list"
+            )
+        models: list[UpstreamModel] = []
+        for entry in entries:
+            if isinstance(entry, Mapping) and isinstance(entry.get("id"), str):
+                owned_by = entry.get("owned_by")
+                created = entry.get("created")
+                models.append(
+                    UpstreamModel(
+                        entry["id"],
+                        owned_by if isinstance(owned_by, str) else None,
+                        created if _count(created) else None,
+                    )
+                )
+        return ModelList(tuple(models), body)
+
+
+def _delta_chars(delta: Any) -> int:
+    if not isinstance(delta, Mapping):
+        return 0
+    chars = 0
+    for key in ("content", "reasoning_content", "refusal"):
+        value = delta.get(key)
+        if isinstance(value, str):
+            chars += len(value)
+    tool_calls = delta.get("tool_calls")
+    if isinstance(tool_calls, list):
+        for call in tool_calls:
+            if isinstance(call, Mapping):
+                function = call.get("function")
+                if isinstance(function, Mapping):
+                    args = function.get("arguments")
+                    if isinstance(args, str):
+                        chars += len(args)
+    return chars
+
+
+def _completion_chars(data: Mapping[str, Any]) -> int:
+    choices = data.get("choices")
+    chars = 0
+    if isinstance(choices, list):
+        for choice in choices:
+            if isinstance(choice, Mapping):
+                chars += _delta_chars(choice.get("message"))
+                text = choice.get("text")
+                if isinstance(text, str):
+                    chars += len(text)
+    return chars
+
+
+# --------------------------------------------------------------------------------------------
+# streaming
+
+
+class ChatStream:
+    """One streamed chat completion: an async context manager and a one-shot async iterator.
+
+    Entering it (or :meth:`start`) sends the request, retrying until the upstream's status line
+    arrives; after that nothing is retried. Iterating yields the upstream's server-sent-event
+    bytes as they arrive, cut at event boundaries (an incomplete event waits for its end).
+    Leaving the block (or :meth:`aclose`) releases the connection and finalises :attr:`usage`:
+
+    * the upstream's reported usage if its usage event was delivered;
+    * otherwise an estimate: the prompt from the request body, the completion from the text of
+      the events delivered to the consumer.
+
+    ``on_complete(usage)`` runs exactly once, also on cancellation (an async callback is shielded
+    from the cancellation; its errors are logged, not raised). If :meth:`start` fails, the
+    stream never started: there is no usage and no callback.
+
+    Attributes:
+        status: the upstream's HTTP status once started.
+        headers: the upstream's response headers once started.
+        usage: the final :class:`Usage`, once the stream is finished or closed.
+        completed: whether the upstream ended the stream normally.
+    """
+
+    def __init__(
+        self,
+        service: DefaultAiApiService,
+        payload: bytes,
+        body: Mapping[str, Any],
+        model: str,
+        wants_usage: bool,
+        on_complete: OnComplete | None,
+    ) -> None:
+        self._service = service
+        self._payload = payload
+        self._body = body
+        self.model = model
+        self._wants_usage = wants_usage
+        self._on_complete = on_complete
+        self._resp: UpstreamResponse | None = None
+        self._gen: AsyncIterator[bytes] | None = None
+        self._started = False
+        self._closed = False
+        self._finalized = False
+        self._buf = b""
+        self._chars = 0
+        self._reported: Usage | None = None
+        self.status: int | None = None
+        self.headers: Mapping[str, str] = {}
+        self.usage: Usage | None = None
+        self.completed = False
+
+    async def start(self) -> ChatStream:
+        """Send the request (idempotent); raises the mapped error if the upstream refuses it."""
+        if self._started:
+            return self
+        if self._closed:
+            raise RuntimeError("the stream is closed")
+        self._started = True
+        service = self._service
+        resp = await service._send(
+            "POST", service._chat_url, service._json_headers, self._payload, model=self.model, stream=True
+        )
+        self._resp = resp
+        self.status = resp.status
+        self.headers = resp.headers
+        return self
+
+    async def __aenter__(self) -> ChatStream:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._gen is not None:
+            raise RuntimeError("a ChatStream can be iterated only once")
+        self._gen = self._iterate()
+        return self._gen
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        if not self._started:
+            await self.start()
+        resp = self._resp
+        if resp is None or self._closed:
+            return
+        try:
+            async for chunk in resp.iter_chunks():
+                out = self._feed(chunk)
+                if out:
+                    yield out
+            tail, self._buf = self._buf, b""
+            if tail:
+                self._scan(tail)
+                yield tail
+            self.completed = True
+        except TransportError:
+            raise UpstreamError("upstream.stream_interrupted", upstream=self._service.upstream.name) from None
+        finally:
+            await self._shutdown()
+
+    async def aclose(self) -> None:
+        """Stop reading, release the connection and finalise the usage (idempotent)."""
+        gen = self._gen
+        if gen is not None and not getattr(gen, "ag_running", False):
+            aclose = getattr(gen, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        pending = self._finalize() if self._started and self._resp is not None else None
+        resp, self._resp = self._resp, None
+        try:
+            if resp is not None:
+                await resp.aclose()
+        finally:
+            if pending is not None:
+                await _shielded(pending)
+
+    def _finalize(self) -> Awaitable[None] | None:
+        if self._finalized:
+            return None
+        self._finalized = True
+        usage = self._reported
+        if usage is None:
+            est = self._service.estimator
+            usage = Usage.estimated(est.prompt_tokens(self._body), est.count_chars(self._chars))
+        self.usage = usage
+        callback = self._on_complete
+        if callback is None:
+            return None
+        try:
+            result = callback(usage)
+        except Exception:
+            _log.exception("upstream.on_complete_failed", upstream=self._service.upstream.name)
+            return None
+        return result if inspect.isawaitable(result) else None
+
+    # -- server-sent events -------------------------------------------------------------------
+
+    def _feed(self, chunk: bytes) -> bytes:
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n")
+        buf = self._buf + chunk if self._buf else chunk
+        end = buf.rfind(b"\n\n")
+        if end < 0:
+            self._buf = buf
+            return b""
+        end += 2
+        if end == len(buf):
+            complete, self._buf = buf, b""
+        else:
+            complete, self._buf = buf[:end], buf[end:]
+        return self._scan(complete)
+
+    def _scan(self, complete: bytes) -> bytes:
+        """Account the events in *complete*; return them, minus a usage event nobody asked for."""
+        events = complete.split(b"\n\n")
+        dropped = False
+        kept: list[bytes] = []
+        for event in events:
+            if not event:
+                continue
+            if self._event(event):
+                kept.append(event)
+            else:
+                dropped = True
+        if not dropped:
+            return complete
+        return b"".join(e + b"\n\n" for e in kept)
+
+    def _event(self, event: bytes) -> bool:
+        """Account one event; ``False`` when it must not be forwarded."""
+        for line in event.split(b"\n"):
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if not data or data == b"[DONE]":
+                continue
+            try:
+                obj = json.loads(data)
+            except ValueError:
+                continue
+            if not isinstance(obj, dict):
+                continue
+            choices = obj.get("choices")
+            if isinstance(choices, list):
+                for choice in choices:
+                    if isinstance(choice, Mapping):
+                        self._chars += _delta_chars(choice.get("delta"))
+            usage = obj.get("usage")
+            if usage is not None:
+                reported = Usage.from_reported(usage)
+                if reported is not None:
+                    self._reported = reported
+                    if not self._wants_usage and not choices:
+                        return False
+        return True
+
+    def __repr__(self) -> str:
+        return f"ChatStream(model={self.model!r}, status={self.status}, closed={self._closed})"
+
+
+async def _shielded(pending: Awaitable[None]) -> None:
+    task = asyncio.ensure_future(pending)
+    _PENDING.add(task)
+    task.add_done_callback(_finish_callback)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if task.done() and task.cancelled():
+            return
+        raise
+    except Exception:
+        return
+
+
+def _finish_callback(task: asyncio.Task[Any]) -> None:
+    _PENDING.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        _log.error("upstream.on_complete_failed", error=type(task.exception()).__name__)
