@@ -67,10 +67,12 @@ async def test_create_returns_the_secret_once_and_stores_only_a_digest(
     assert (key.owner_id, key.team_id, key.name) == ("user_1", "team_1", "laptop")
     assert key.allowed_models == frozenset({"gpt-4o"})
     assert (key.budget_micros, key.rpm_limit, key.tpm_limit) == (5_000_000, 60, 10_000)
-    assert key.allows_model("gpt-4o") and not key.allows_model("gpt-3.5")
+    assert key.allows_model("gpt-4o")
+    assert not key.allows_model("gpt-3.5")
     record = await store.get(key.id)
     assert record is not None
-    assert created.secret not in repr(record) and created.secret.encode() not in record.digest
+    assert created.secret not in repr(record)
+    assert created.secret.encode() not in record.digest
     assert created.secret not in repr(created)
     assert await keys.validate(created.secret) == key
 
@@ -78,7 +80,8 @@ async def test_create_returns_the_secret_once_and_stores_only_a_digest(
 async def test_each_key_is_different(keys: DefaultApiKeyService) -> None:
     a = await keys.create("u", name="a")
     b = await keys.create("u", name="b")
-    assert a.secret != b.secret and a.key.id != b.key.id
+    assert a.secret != b.secret
+    assert a.key.id != b.key.id
 
 
 async def test_unknown_well_formed_key(keys: DefaultApiKeyService) -> None:
@@ -186,9 +189,12 @@ async def test_rotate_keeps_id_and_old_secret_works_for_the_grace_period(
     created = await keys.create("u", name="k", budget_micros=7)
     await keys.validate(created.secret)
     rotation = await keys.rotate(created.key.id, grace_seconds=3600)
-    assert isinstance(rotation, KeyRotation) and not rotation.replayed
-    assert rotation.key.id == created.key.id and rotation.key.budget_micros == 7
-    assert rotation.secret != created.secret and rotation.key.rotation_counter == 1
+    assert isinstance(rotation, KeyRotation)
+    assert not rotation.replayed
+    assert rotation.key.id == created.key.id
+    assert rotation.key.budget_micros == 7
+    assert rotation.secret != created.secret
+    assert rotation.key.rotation_counter == 1
     assert rotation.previous_valid_until == clock.now() + timedelta(hours=1)
     assert (await keys.validate(rotation.secret)).id == created.key.id
     assert (await keys.validate(created.secret)).id == created.key.id
@@ -229,13 +235,17 @@ async def test_rotate_is_idempotent_with_the_same_idempotency_key(
     created = await keys.create("u", name="k")
     first = await keys.rotate(created.key.id, idempotency_key=IDEM)
     retry = await keys.rotate(created.key.id, idempotency_key=IDEM)
-    assert retry.replayed and retry.secret == first.secret
+    assert retry.replayed
+    assert retry.secret == first.secret
     assert retry.key.rotation_counter == first.key.rotation_counter == 1
     assert (await keys.validate(created.secret)).id == created.key.id  # grace of the single rotation
     other = await keys.rotate(created.key.id, idempotency_key=IDEM[::-1])
-    assert not other.replayed and other.secret != first.secret and other.key.rotation_counter == 2
+    assert not other.replayed
+    assert other.secret != first.secret
+    assert other.key.rotation_counter == 2
     record = await store.get(created.key.id)
-    assert record is not None and IDEM.encode() not in repr(record).encode()
+    assert record is not None
+    assert IDEM.encode() not in repr(record).encode()
 
 
 async def test_concurrent_retries_of_one_idempotent_rotation_rotate_once(keys: DefaultApiKeyService) -> None:
@@ -296,7 +306,8 @@ async def test_update_budget_and_limits_invalidate_the_cache(
     assert (key.rpm_limit, key.tpm_limit, key.allowed_models) == (5, 100, frozenset({"m"}))
     await keys.update_limits(created.key.id, rpm_limit=None, expires_at=clock.now() + timedelta(seconds=5))
     key = await keys.validate(created.secret)
-    assert key.rpm_limit is None and key.expires_at is not None
+    assert key.rpm_limit is None
+    assert key.expires_at is not None
     await keys.update_budget(created.key.id, None)
     assert (await keys.validate(created.secret)).budget_micros is None
     clock.advance(5)
