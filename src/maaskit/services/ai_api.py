@@ -493,7 +493,7 @@ class DefaultAiApiService:
     def _raise_for_status(self, resp: UpstreamResponse, model: str | None) -> NoReturn:
         status = resp.status
         name = self._upstream.name
-        _log.info("upstream.error_status", upstream=name, status=status)
+        _log.debug("upstream.error_status", upstream=name, status=status)
         if status in (401, 403):
             raise UpstreamError("upstream.auth_failed", upstream=name, status=status)
         if status == 404 and model is not None:
