@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
+from urllib.parse import unquote
 
 import sqlalchemy as sa
 import structlog
@@ -95,12 +96,12 @@ class Database:
         self._migrate_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
-        return f"Database({self._url.render_as_string(hide_password=True)!r})"
+        return f"Database({self.url!r})"
 
     @property
     def url(self) -> str:
         """The database URL with any password masked."""
-        return self._url.render_as_string(hide_password=True)
+        return unquote(self._url.render_as_string(hide_password=True))
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:

@@ -1,0 +1,198 @@
+"""The application: :class:`AppService` and :func:`create_app`.
+
+``create_app`` builds a :class:`~maaskit.registry.Registry` with every built-in service wired
+from :class:`~maaskit.settings.Settings`; ``async with`` starts it (migrations, background
+work) and stops it cleanly (buffered usage flushed, connections closed in reverse order).
+
+Example::
+
+    import maaskit
+
+    async def main() -> None:
+        settings = maaskit.Settings(database_url="sqlite+aiosqlite:///./maaskit.db")
+        async with maaskit.create_app(settings) as app:
+            report = await app.health()
+            print(report.ok)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, Protocol, Self, TypeVar, runtime_checkable
+
+import structlog
+
+from maaskit.clock import Clock, SystemClock
+from maaskit.errors import UnavailableError
+from maaskit.i18n import Localizer, default_localizer
+from maaskit.registry import HealthReport, Registry
+from maaskit.settings import Settings
+from maaskit.storage.sql.database import Database
+
+__all__ = ["AppService", "BackgroundService", "build_registry", "create_app"]
+
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
+
+
+@runtime_checkable
+class BackgroundService(Protocol):
+    """A service with background work that the app starts after building it."""
+
+    async def start(self) -> None:
+        """Start background tasks (the app calls it once, at start-up)."""
+        ...
+
+
+def _database(settings: Settings) -> Database:
+    return Database(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+        pool_timeout=settings.database_pool_timeout,
+        pool_recycle=settings.database_pool_recycle,
+        echo=settings.database_echo,
+    )
+
+
+def build_registry(settings: Settings, overrides: Mapping[type[Any], object] | None = None) -> Registry:
+    """A registry with every built-in maaskit service wired from *settings*.
+
+    Applications add their own services to it (``registry.register_class(...)``) before the
+    app is started. *overrides* replace services by type (tests use fakes this way).
+    """
+    from maaskit import wiring
+
+    registry = Registry(overrides=overrides)
+    registry.register_value(Settings, settings)
+    registry.register_class(Clock, SystemClock)
+    registry.register_value(Localizer, default_localizer())
+    registry.register_factory(Database, _database)
+    wiring.wire_builtin_services(registry, settings)
+    return registry
+
+
+class AppService:
+    """Typed access to every maaskit service, plus the app's lifecycle.
+
+    Build it with :func:`create_app` and use it as an async context manager. Built-in services
+    are properties (``app.api_keys``, ``app.users``, ...); anything else a user registered is
+    reached with :meth:`get` / :meth:`aget`.
+    """
+
+    def __init__(self, registry: Registry, settings: Settings) -> None:
+        self.registry = registry
+        self.settings = settings
+        self._started = False
+        self._background: list[Any] = []
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        state = "started" if self._started else "stopped"
+        return f"<AppService {state} database={self.settings.database_url.split(':', 1)[0]}>"
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Migrate (when ``auto_migrate``), build the core services and start background work."""
+        async with self._lock:
+            if self._started:
+                return
+            database = await self.registry.aget(Database)
+            if self.settings.auto_migrate:
+                await database.migrate()
+            from maaskit import wiring
+
+            for service_type in wiring.eager_services():
+                service = await self.registry.aget(service_type)
+                if isinstance(service, BackgroundService):
+                    await service.start()
+                    self._background.append(service)
+            self._started = True
+            log.debug("maaskit.started", services=len(self.registry.built()))
+
+    async def aclose(self) -> None:
+        """Stop background work (flushing buffered usage) and close every service."""
+        async with self._lock:
+            self._started = False
+            self._background.clear()
+            await self.registry.aclose()
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.start()
+        except BaseException:
+            await self.registry.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` ran and :meth:`aclose` did not yet."""
+        return self._started
+
+    # -- resolution -------------------------------------------------------------------------
+
+    def get(self, service: type[T]) -> T:
+        """Resolve an app-scoped service synchronously (fast once built)."""
+        return self.registry.get(service)
+
+    async def aget(self, service: type[T]) -> T:
+        """Resolve an app-scoped service, building it (and its dependencies) if needed."""
+        return await self.registry.aget(service)
+
+    def _require(self, service: type[T]) -> T:
+        if not self._started:
+            raise UnavailableError("app.not_started")
+        return self.registry.get(service)
+
+    async def health(self, *, timeout: float | None = None) -> HealthReport:
+        """Ping every built service that can ping, concurrently, each with *timeout* seconds."""
+        return await self.registry.health(timeout=timeout or self.settings.health_timeout)
+
+    # -- core accessors -----------------------------------------------------------------------
+
+    @property
+    def database(self) -> Database:
+        """The SQL database (``await app.database.migrate()``)."""
+        return self.registry.get(Database)
+
+    @property
+    def clock(self) -> Clock:
+        """The clock every service reads."""
+        return self.registry.get(Clock)
+
+    @property
+    def localizer(self) -> Localizer:
+        """Renders error messages in the caller's locale."""
+        return self.registry.get(Localizer)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    overrides: Mapping[type[Any], object] | None = None,
+    configure: Callable[[Registry], None] | None = None,
+) -> AppService:
+    """Build (but do not start) the application.
+
+    Args:
+        settings: defaults to :meth:`Settings.from_env`.
+        overrides: ``{ServiceType: instance}`` replacing built-in services (fakes in tests).
+        configure: called with the registry to register the application's own services.
+
+    Use it as ``async with create_app(settings) as app:``.
+    """
+    settings = settings or Settings.from_env()
+    registry = build_registry(settings, overrides)
+    if configure is not None:
+        configure(registry)
+    registry.validate()
+    return AppService(registry, settings)
