@@ -818,7 +818,7 @@ class RetryPolicy:
             stop=stop_after_attempt(self.max_attempts) | _StopOnLongRetryAfter(clock, self.retry_after_cap),
             wait=_WaitRetryAfter(
                 clock,
-                wait_exponential_jitter(initial=self.backoff_initial, max=self.backoff_max, jitter=self.jitter),
+                wait_exponential_jitter(multiplier=self.backoff_initial, max=self.backoff_max, jitter=self.jitter),
             ),
             retry=retry_if_exception_type(TransportConnectError)
             | retry_if_result(lambda r: isinstance(r, UpstreamResponse) and r.status in statuses),
