@@ -14,6 +14,7 @@ from maaskit.services.usage import UsageQuery, UsageRecord, UsageRow
 from maaskit.storage.memory.usage import MemoryUsageStore
 from maaskit.storage.ports.usage import UsageStore
 from maaskit.storage.sql import Database, metadata
+from maaskit.storage.sql.base import UTCDateTime
 from maaskit.storage.sql.database import VERSION_TABLE
 from maaskit.storage.sql.usage import SqlUsageStore
 
@@ -234,7 +235,6 @@ async def test_migration_matches_the_table_definition(sql_database: Database) ->
     assert indexes == [
         "ix_maaskit_usage_key_id_created_at",
         "ix_maaskit_usage_model_created_at",
-        "ix_maaskit_usage_owner_id_created_at",
         "ix_maaskit_usage_team_id_created_at",
     ]
 
@@ -253,3 +253,18 @@ async def test_migration_downgrades_and_upgrades_again(sql_database: Database) -
     store = SqlUsageStore(sql_database)
     await store.add_many([rec("after-remigrate")])
     assert await store.get("after-remigrate") is not None
+
+
+async def test_sqlite_fast_path_stores_the_text_sqlalchemy_binds(sqlite_db: Database) -> None:
+    # The SQLite store binds plain tuples; the stored timestamp must equal what a Core query binds.
+    store = SqlUsageStore(sqlite_db)
+    stamps = [T0, T0 + timedelta(microseconds=7), datetime(999, 1, 2, 3, 4, 5, tzinfo=UTC)]
+    await store.add_many([rec(f"t{i}", created_at=s) for i, s in enumerate(stamps)])
+    table = sa.table("maaskit_usage", sa.column("request_id"), sa.column("created_at", UTCDateTime()))
+    async with sqlite_db.engine.connect() as conn:
+        for i, stamp in enumerate(stamps):
+            found = await conn.scalar(sa.select(table.c.request_id).where(table.c.created_at == stamp))
+            assert found == f"t{i}"
+            assert (
+                await conn.scalar(sa.select(table.c.created_at).where(table.c.request_id == f"t{i}")) == stamp
+            )

@@ -18,7 +18,6 @@ class UsageRecordRow(MaasTable, table=True):
     __tablename__ = "maaskit_usage"
     __table_args__ = (
         sa.Index("ix_maaskit_usage_key_id_created_at", "key_id", "created_at"),
-        sa.Index("ix_maaskit_usage_owner_id_created_at", "owner_id", "created_at"),
         sa.Index("ix_maaskit_usage_team_id_created_at", "team_id", "created_at"),
         sa.Index("ix_maaskit_usage_model_created_at", "model", "created_at"),
     )

@@ -42,12 +42,6 @@ def upgrade() -> None:
         op.f("ix_maaskit_usage_key_id_created_at"), "maaskit_usage", ["key_id", "created_at"], unique=False
     )
     op.create_index(
-        op.f("ix_maaskit_usage_owner_id_created_at"),
-        "maaskit_usage",
-        ["owner_id", "created_at"],
-        unique=False,
-    )
-    op.create_index(
         op.f("ix_maaskit_usage_team_id_created_at"), "maaskit_usage", ["team_id", "created_at"], unique=False
     )
     op.create_index(
@@ -58,6 +52,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index(op.f("ix_maaskit_usage_model_created_at"), table_name="maaskit_usage")
     op.drop_index(op.f("ix_maaskit_usage_team_id_created_at"), table_name="maaskit_usage")
-    op.drop_index(op.f("ix_maaskit_usage_owner_id_created_at"), table_name="maaskit_usage")
     op.drop_index(op.f("ix_maaskit_usage_key_id_created_at"), table_name="maaskit_usage")
     op.drop_table("maaskit_usage")
