@@ -1,0 +1,246 @@
+"""The SQL budget ledger (:class:`~maaskit.storage.ports.limits.LedgerStore`) on SQLite or PostgreSQL.
+
+Durable budgets: the counters of each (account, period) live in ``maaskit_budget_periods`` and
+every reservation in ``maaskit_budget_reservations``, so commits and releases stay idempotent
+across restarts.
+
+Atomicity: a reservation is one transaction that makes sure each period row exists
+(``INSERT ... ON CONFLICT DO NOTHING``) and then runs a conditional
+``UPDATE ... SET reserved = reserved + :amount WHERE committed + reserved + :amount <= :limit``
+per line (lines in a fixed order, so two multi-line reservations cannot deadlock). PostgreSQL
+re-checks the ``WHERE`` clause on the newest row version after waiting for a row lock, so
+concurrent reservations can never overshoot. Settling locks the reservation rows
+(``SELECT ... FOR UPDATE`` on PostgreSQL) and flips them from ``open`` exactly once.
+SQLite serialises writers; within one process this store also serialises its own
+transactions with an ``asyncio.Lock``, because an in-memory SQLite database shares one
+connection between sessions.
+
+Example::
+
+    from maaskit.storage.sql import Database
+    from maaskit.storage.sql.budget import SqlLedgerStore
+
+    db = Database("sqlite+aiosqlite:///./maaskit.db")
+    await db.migrate()
+    store = SqlLedgerStore(db)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from maaskit.clock import Clock, SystemClock
+from maaskit.errors import ConflictError, NotFoundError, UnavailableError
+from maaskit.storage.ports.limits import (
+    LedgerBalance,
+    ReserveOutcome,
+    ReserveRequest,
+    SettlementStatus,
+    SettleOutcome,
+)
+from maaskit.storage.sql.database import Database
+from maaskit.storage.sql.tables.budget import BudgetPeriodRow, BudgetReservationRow
+
+__all__ = ["SqlLedgerStore"]
+
+_periods: sa.Table = BudgetPeriodRow.__table__  # type: ignore[attr-defined]
+_reservations: sa.Table = BudgetReservationRow.__table__  # type: ignore[attr-defined]
+_OPEN = "open"
+
+
+class _Refused(Exception):
+    def __init__(self, balances: tuple[LedgerBalance, ...]) -> None:
+        super().__init__("refused")
+        self.balances = balances
+
+
+def _ts(epoch: int) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+class SqlLedgerStore:
+    """The SQL :class:`~maaskit.storage.ports.limits.LedgerStore`.
+
+    Args:
+        database: a migrated :class:`~maaskit.storage.sql.Database`.
+        clock: time source for the ``created_at``/``settled_at``/``updated_at`` columns.
+    """
+
+    __slots__ = ("_clock", "_db", "_insert", "_lock")
+
+    def __init__(self, database: Database, clock: Clock | None = None) -> None:
+        self._db = database
+        self._clock: Clock = clock or SystemClock()
+        self._lock = asyncio.Lock() if database.dialect == "sqlite" else None
+        self._insert: Any = postgresql.insert if database.dialect == "postgresql" else sqlite.insert
+
+    def __repr__(self) -> str:
+        return f"SqlLedgerStore({self._db!r})"
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            if self._lock is None:
+                async with self._db.engine.begin() as conn:
+                    yield conn
+            else:
+                async with self._lock, self._db.engine.begin() as conn:
+                    yield conn
+        except (OSError, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            raise UnavailableError("database.unavailable") from exc
+
+    async def _balances(
+        self, conn: AsyncConnection, keys: list[tuple[str, datetime]]
+    ) -> tuple[LedgerBalance, ...]:
+        cols = (_periods.c.committed_micros, _periods.c.reserved_micros, _periods.c.overage_micros)
+        out = []
+        for account, start in keys:
+            query = sa.select(*cols).where(_periods.c.account == account, _periods.c.period_start == start)
+            row = (await conn.execute(query)).first()
+            if row is None:
+                out.append(LedgerBalance())
+            else:
+                out.append(LedgerBalance(int(row[0]), int(row[1]), int(row[2])))
+        return tuple(out)
+
+    async def reserve(self, request: ReserveRequest) -> ReserveOutcome:
+        """Reserve on every line in one transaction, all or nothing (see the port)."""
+        now = self._clock.now()
+        amount = request.amount_micros
+        keys = [(line.account, _ts(line.period_start)) for line in request.lines]
+        order = sorted(range(len(keys)), key=lambda i: keys[i])
+        try:
+            async with self._transaction() as conn:
+                for i in order:
+                    account, start = keys[i]
+                    await conn.execute(
+                        self._insert(_periods)
+                        .values(
+                            account=account,
+                            period_start=start,
+                            committed_micros=0,
+                            reserved_micros=0,
+                            overage_micros=0,
+                            updated_at=now,
+                        )
+                        .on_conflict_do_nothing(index_elements=["account", "period_start"])
+                    )
+                    result = await conn.execute(
+                        sa.update(_periods)
+                        .where(
+                            _periods.c.account == account,
+                            _periods.c.period_start == start,
+                            _periods.c.committed_micros + _periods.c.reserved_micros + amount
+                            <= request.lines[i].limit_micros,
+                        )
+                        .values(reserved_micros=_periods.c.reserved_micros + amount, updated_at=now)
+                    )
+                    if result.rowcount != 1:
+                        raise _Refused(await self._balances(conn, keys))
+                try:
+                    await conn.execute(
+                        sa.insert(_reservations),
+                        [
+                            {
+                                "reservation_id": request.reservation_id,
+                                "account": account,
+                                "period_start": start,
+                                "amount_micros": amount,
+                                "status": _OPEN,
+                                "committed_micros": 0,
+                                "overage_micros": 0,
+                                "created_at": now,
+                                "settled_at": None,
+                            }
+                            for account, start in keys
+                        ],
+                    )
+                except sa.exc.IntegrityError:
+                    raise ConflictError(
+                        "budget.reservation_mismatch", reservation_id=request.reservation_id
+                    ) from None
+                balances = await self._balances(conn, keys)
+        except _Refused as refused:
+            return ReserveOutcome(False, refused.balances)
+        return ReserveOutcome(True, balances)
+
+    async def settle(self, reservation_id: str, actual_micros: int | None) -> SettleOutcome:
+        """Commit or release a reservation exactly once, in one transaction (see the port)."""
+        now = self._clock.now()
+        async with self._transaction() as conn:
+            query = sa.select(
+                _reservations.c.account,
+                _reservations.c.period_start,
+                _reservations.c.amount_micros,
+                _reservations.c.status,
+                _reservations.c.committed_micros,
+                _reservations.c.overage_micros,
+            ).where(_reservations.c.reservation_id == reservation_id)
+            if self._db.dialect == "postgresql":
+                query = query.with_for_update()
+            rows = (await conn.execute(query)).all()
+            if not rows:
+                raise NotFoundError("budget.reservation_not_found", reservation_id=reservation_id)
+            first = rows[0]
+            if first.status != _OPEN:
+                return SettleOutcome(
+                    reservation_id,
+                    SettlementStatus(first.status),
+                    int(first.committed_micros),
+                    int(first.overage_micros),
+                    True,
+                )
+            amount = int(first.amount_micros)
+            if actual_micros is None:
+                status, committed, overage = SettlementStatus.RELEASED, 0, 0
+            else:
+                status = SettlementStatus.COMMITTED
+                committed = min(actual_micros, amount)
+                overage = actual_micros - committed
+            result = await conn.execute(
+                sa.update(_reservations)
+                .where(_reservations.c.reservation_id == reservation_id, _reservations.c.status == _OPEN)
+                .values(
+                    status=status.value, committed_micros=committed, overage_micros=overage, settled_at=now
+                )
+            )
+            if result.rowcount != len(rows):  # pragma: no cover - prevented by the row lock
+                raise ConflictError("budget.reservation_mismatch", reservation_id=reservation_id)
+            for row in rows:
+                await conn.execute(
+                    sa.update(_periods)
+                    .where(_periods.c.account == row.account, _periods.c.period_start == row.period_start)
+                    .values(
+                        reserved_micros=_periods.c.reserved_micros - amount,
+                        committed_micros=_periods.c.committed_micros + committed,
+                        overage_micros=_periods.c.overage_micros + overage,
+                        updated_at=now,
+                    )
+                )
+        return SettleOutcome(reservation_id, status, committed, overage, False)
+
+    async def balance(self, account: str, period_start: int) -> LedgerBalance:
+        """The counters of one budget period (zeros when it has none)."""
+        try:
+            async with self._db.engine.connect() as conn:
+                return (await self._balances(conn, [(account, _ts(period_start))]))[0]
+        except (OSError, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            raise UnavailableError("database.unavailable") from exc
+
+    async def delete_settled(self, before: datetime) -> int:
+        """Delete reservations settled before *before* (their idempotency record); returns the count."""
+        async with self._transaction() as conn:
+            result = await conn.execute(
+                sa.delete(_reservations).where(
+                    _reservations.c.status != _OPEN, _reservations.c.settled_at < before
+                )
+            )
+        return int(result.rowcount)
