@@ -127,7 +127,7 @@ def _to_sqlite_row(record: UsageRecord) -> tuple[Any, ...]:
         record.status,
         1 if record.streamed else 0,
         record.latency_ms,
-        record.created_at.replace(tzinfo=None).isoformat(" ", "microseconds"),
+        record.created_at.isoformat(" ", "microseconds")[:26],  # drop the "+00:00"
     )
 
 
