@@ -747,9 +747,11 @@ class ChatStream:
     # -- server-sent events -------------------------------------------------------------------
 
     def _feed(self, chunk: bytes) -> bytes:
-        if b"\r" in chunk:
-            chunk = chunk.replace(b"\r\n", b"\n")
         buf = self._buf + chunk if self._buf else chunk
+        if b"\r" in chunk:
+            # CRLF line ends become LF; a CR at the very end stays buffered with the incomplete
+            # event and meets its LF in the next chunk.
+            buf = buf.replace(b"\r\n", b"\n")
         end = buf.rfind(b"\n\n")
         if end < 0:
             self._buf = buf

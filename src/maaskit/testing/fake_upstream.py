@@ -155,6 +155,7 @@ class FakeUpstream:
         self._failures: deque[_Failure] = deque()
         self._drops: deque[int] = deque()
         self._holds: deque[tuple[int, asyncio.Event]] = deque()
+        self._held: set[asyncio.Event] = set()
 
     def __repr__(self) -> str:
         return f"FakeUpstream(models={self.models!r})"
@@ -341,7 +342,11 @@ class FakeUpstream:
             if drop_after is not None and sent >= drop_after:
                 raise _StreamDropped
             if hold is not None and sent == hold[0]:
-                await hold[1].wait()
+                self._held.add(hold[1])
+                try:
+                    await hold[1].wait()
+                finally:
+                    self._held.discard(hold[1])
             yield payload
 
     # -- in-process: httpx ------------------------------------------------------------------------
@@ -374,7 +379,9 @@ class FakeUpstream:
             raise ValueError("FakeUpstream serves on loopback only")
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._web_handler)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, handler_cancellation=True, shutdown_timeout=1.0
+        )
         await runner.setup()
         try:
             site = web.TCPSite(runner, host, port)
@@ -382,6 +389,10 @@ class FakeUpstream:
             bound = runner.addresses[0]
             yield f"http://{host}:{bound[1]}/v1"
         finally:
+            for _after, event in self._holds:
+                event.set()
+            for event in self._held:
+                event.set()
             await runner.cleanup()
 
     async def _web_handler(self, request: web.Request) -> web.StreamResponse:
