@@ -31,6 +31,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any, Final
@@ -141,10 +142,13 @@ class RedisLimitsStore:
         else:
             lines = reserve.lines
             args += (len(lines), reserve.amount_micros, self._reservation_ttl)
+            now_s = time.time() if self._clock is None else self._clock.time()
             for line in lines:
                 keys.append(self._budget_key(line.account, line.period_start))
-                expire = 0 if line.period_end is None else line.period_end + self._period_retention
-                args += (line.limit_micros, expire)
+                ttl = 0
+                if line.period_end is not None:
+                    ttl = max(1, int(line.period_end + self._period_retention - now_s))
+                args += (line.limit_micros, ttl)
             keys.append(f"{prefix}res:{reserve.reservation_id}")
         out = await self._run(self._admit, keys, args)
         if out[0] == -409:

@@ -1,7 +1,7 @@
 -- maaskit: one admission = GCRA rate checks + budget reservation, all or nothing, one round trip.
 -- KEYS: nr rate keys, then nb budget keys, then the reservation key (when nb > 0).
 -- ARGV: now_ms (-1: use the server's TIME), nr, {cost, limit, period_ms} * nr,
---       nb, amount, reservation_ttl_s, {limit_micros, expire_at_s (0: never)} * nb
+--       nb, amount, reservation_ttl_s, {limit_micros, ttl_s (0: never expires)} * nb
 -- Returns {ok, now_ms, {allowed, level} * nr, {committed, reserved, overage} * nb}
 -- or {-409} when the reservation id already exists.
 local now = tonumber(ARGV[1])
@@ -75,7 +75,7 @@ if nb > 0 then
   for j = 1, nb do
     local key = KEYS[nr + j]
     redis.call('HINCRBY', key, 'r', amount_s)
-    if expires[j] > 0 then redis.call('EXPIREAT', key, expires[j]) end
+    if expires[j] > 0 then redis.call('EXPIRE', key, expires[j]) end
     out[k + 1] = out[k + 1] + amount
     k = k + 3
     fields[#fields + 1] = 'b' .. j
