@@ -261,7 +261,9 @@ async def test_token_limit_adjust_refunds_and_charges(limits_store: LimitsStore,
     blocked = await limiter.hit("k", tpm, cost=1)
     assert not blocked.allowed
     too_big = await limiter.hit("k2", tpm, cost=1_001)
-    assert not too_big.allowed and too_big.too_large and too_big.retry_after is None
+    assert not too_big.allowed
+    assert too_big.too_large
+    assert too_big.retry_after is None
     assert too_big.error().code == "rate_limit.request_too_large"
 
 
@@ -273,7 +275,8 @@ async def test_gate_is_all_or_nothing(limits_store: LimitsStore, clock: FakeCloc
     # The budget refuses: no request slot is used.
     over_budget = AdmissionLimits((RateCheck("k", rpm),), (BudgetCheck("k", 100),), reserve_micros=101)
     decision = await gate.acquire(over_budget)
-    assert not decision.allowed and decision.ticket is None
+    assert not decision.allowed
+    assert decision.ticket is None
     assert isinstance(decision.refusal, QuotaExceededError)
     assert (await limiter.hit("k", RateLimit(10, 60))).remaining == 9  # only this hit counted
     # The rate limit refuses: no budget is reserved.
@@ -302,24 +305,29 @@ async def test_gate_settle_commits_and_corrects_tokens_once(
         reserve_micros=4_000,
     )
     decision = await gate.acquire(limits)
-    assert decision.allowed and decision.ticket is not None
+    assert decision.allowed
+    assert decision.ticket is not None
     assert decision.budget_available_micros == (6_000,)
     headers = decision.headers()
     assert headers["x-ratelimit-remaining-requests"] == "99"
     assert headers["x-ratelimit-remaining-tokens"] == "400"
     settled = await gate.settle(decision.ticket, actual_tokens=100, actual_micros=1_234)
-    assert settled is not None and settled.committed_micros == 1_234
+    assert settled is not None
+    assert settled.committed_micros == 1_234
     again = await gate.settle(decision.ticket, actual_tokens=100, actual_micros=1_234)
-    assert again is not None and again.already_settled
+    assert again is not None
+    assert again.already_settled
     # 500 tokens were given back exactly once: 900 free.
     probe = await DefaultRateLimiter(limits_store).hit("key", RateLimit(1_000, 60, RateKind.TOKENS), cost=900)
-    assert probe.allowed and probe.remaining == 0
+    assert probe.allowed
+    assert probe.remaining == 0
     bal = await ledger.balance("key", 10_000)
     assert (bal.committed_micros, bal.reserved_micros) == (1_234, 0)
     second = await gate.acquire(limits.__class__(limits.rates[:1], limits.budgets, 4_000))
     assert second.ticket is not None
     released = await gate.release(second.ticket)
-    assert released is not None and released.status is SettlementStatus.RELEASED
+    assert released is not None
+    assert released.status is SettlementStatus.RELEASED
 
 
 async def test_gate_concurrent_admissions_exactly_n(limits_store: LimitsStore, clock: FakeClock) -> None:
