@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``maaskit`` command."""
     args = _parser().parse_args(argv)
+    from maaskit.log import configure_logging
+
+    configure_logging(level="warning", stream=sys.stderr)
     try:
         return int(asyncio.run(args.run(args)))
     except MaasError as exc:

@@ -12,7 +12,9 @@ from maaskit.clock import Clock
 from maaskit.services.cache import CacheService
 from maaskit.services.settings import DefaultSettingsService, SettingsService
 from maaskit.settings import Settings
+from maaskit.services.usage import DefaultUsageService, UsageService
 from maaskit.storage.ports.settings import SettingOverrideStore
+from maaskit.storage.ports.usage import UsageStore
 from maaskit.storage.sql.database import Database
 
 if TYPE_CHECKING:
@@ -56,6 +58,18 @@ async def _settings_service(settings: Settings, store: SettingOverrideStore, clo
     return service
 
 
+def _usage_store(database: Database) -> UsageStore:
+    from maaskit.storage.sql.usage import SqlUsageStore
+
+    return SqlUsageStore(database)
+
+
+def _usage(settings: Settings, store: UsageStore, clock: Clock) -> UsageService:
+    return DefaultUsageService(
+        store, clock, flush_interval=settings.usage_flush_interval, batch_size=settings.usage_flush_batch
+    )
+
+
 def wire_builtin_services(registry: Registry, settings: Settings) -> None:
     """Register every built-in service on *registry*, backends chosen from *settings*."""
     if settings.redis_url:
@@ -66,6 +80,8 @@ def wire_builtin_services(registry: Registry, settings: Settings) -> None:
         registry.register_factory(CacheService, _memory_cache)
     registry.register_factory(SettingOverrideStore, _setting_overrides)
     registry.register_factory(SettingsService, _settings_service)
+    registry.register_factory(UsageStore, _usage_store)
+    registry.register_factory(UsageService, _usage)
 
 
 def eager_services() -> tuple[type[Any], ...]:
@@ -73,4 +89,4 @@ def eager_services() -> tuple[type[Any], ...]:
 
     Services with background work (:class:`maaskit.app.BackgroundService`) are started then.
     """
-    return (SettingsService,)
+    return (SettingsService, UsageService)
