@@ -44,13 +44,13 @@ class BreakerMachine(RuleBasedStateMachine):
     def call(self) -> None:
         state = self._model_state()
         should_refuse = state == "open" or (state == "half_open" and self.probe)
-        try:
-            is_probe = self.breaker.before_call()
-        except UnavailableError as exc:
-            assert should_refuse
-            assert exc.code == "upstream.circuit_open"
-            assert exc.params["retry_after"] > 0
+        if should_refuse:
+            with pytest.raises(UnavailableError) as info:
+                self.breaker.before_call()
+            assert info.value.code == "upstream.circuit_open"
+            assert info.value.params["retry_after"] > 0
             return
+        is_probe = self.breaker.before_call()
         assert not should_refuse
         assert is_probe == (state == "half_open")
         if is_probe:

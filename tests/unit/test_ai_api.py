@@ -84,8 +84,10 @@ async def test_chat_completion_reported_usage_and_raw_body(fake: FakeUpstream, c
     assert isinstance(ai, AiApiService)
     result = await ai.chat_completion({"model": "fake-model", "messages": MESSAGES})
     assert result.usage == Usage(
-        FakeUpstream.prompt_tokens(MESSAGES), fake.completion_tokens,
-        FakeUpstream.prompt_tokens(MESSAGES) + fake.completion_tokens, "reported",
+        FakeUpstream.prompt_tokens(MESSAGES),
+        fake.completion_tokens,
+        FakeUpstream.prompt_tokens(MESSAGES) + fake.completion_tokens,
+        "reported",
     )
     assert json.loads(result.body) == result.response
     assert result.response["choices"][0]["message"]["content"] == fake.reply
@@ -124,7 +126,10 @@ async def test_caller_cannot_pick_host_key_or_headers(fake: FakeUpstream, clock:
 
     transport = HttpxTransport(httpx.AsyncClient(transport=httpx.MockTransport(spy)), owns_client=True)
     ai = DefaultAiApiService(
-        Upstream(name="fake", base_url=fake.base_url, api_key=KEY), transport, clock, retry=RetryPolicy(max_attempts=1)
+        Upstream(name="fake", base_url=fake.base_url, api_key=KEY),
+        transport,
+        clock,
+        retry=RetryPolicy(max_attempts=1),
     )
     hostile = {
         "model": "fake-model",
@@ -149,7 +154,9 @@ async def test_caller_cannot_pick_host_key_or_headers(fake: FakeUpstream, clock:
 
 
 @pytest.mark.parametrize("body", [[], {"messages": MESSAGES}, {"model": 3}, {"model": ""}])
-async def test_invalid_bodies_are_refused_before_sending(fake: FakeUpstream, clock: FakeClock, body: object) -> None:
+async def test_invalid_bodies_are_refused_before_sending(
+    fake: FakeUpstream, clock: FakeClock, body: object
+) -> None:
     ai = make_service(fake, clock)
     with pytest.raises(ValidationError) as info:
         await ai.chat_completion(body)  # type: ignore[arg-type]
@@ -284,7 +291,9 @@ async def test_timeout_maps_to_upstream_timeout(clock: FakeClock) -> None:
         raise httpx.ReadTimeout("slow", request=request)
 
     transport = HttpxTransport(httpx.AsyncClient(transport=httpx.MockTransport(handler)), owns_client=True)
-    ai = DefaultAiApiService(Upstream(name="slow", base_url="http://slow.test/v1", api_key=KEY), transport, clock)
+    ai = DefaultAiApiService(
+        Upstream(name="slow", base_url="http://slow.test/v1", api_key=KEY), transport, clock
+    )
     with pytest.raises(UpstreamError) as info:
         await ai.chat_completion({"model": "m", "messages": MESSAGES})
     assert info.value.code == "upstream.timeout"
@@ -355,23 +364,31 @@ async def test_list_models_and_ping(fake: FakeUpstream, clock: FakeClock) -> Non
 
 async def test_test_api_key(fake: FakeUpstream, clock: FakeClock) -> None:
     ok = await make_service(fake, clock).test_api_key()
-    assert ok.ok and ok.status == 200 and ok.model_count == 2 and ok.error_code is None
+    assert ok.ok
+    assert ok.status == 200
+    assert ok.model_count == 2
+    assert ok.error_code is None
     bad = await make_service(fake, clock, key="sk-wrong-key-456").test_api_key()
     assert not bad.ok
     assert bad.status == 401
     assert bad.error_code == "upstream.auth_failed"
     fake.refuse_next()
     down = await make_service(fake, clock).test_api_key()
-    assert not down.ok and down.status is None and down.error_code == "upstream.unreachable"
+    assert not down.ok
+    assert down.status is None
+    assert down.error_code == "upstream.unreachable"
 
 
 async def test_test_model(fake: FakeUpstream, clock: FakeClock) -> None:
     ai = make_service(fake, clock)
     ok = await ai.test_model("fake-model")
-    assert ok.ok and ok.usage is not None and ok.usage.source == "reported"
+    assert ok.ok
+    assert ok.usage is not None
+    assert ok.usage.source == "reported"
     assert fake.requests[-1].json["max_tokens"] == 1
     missing = await ai.test_model("nope")
-    assert not missing.ok and missing.error_code == "upstream.model_not_found"
+    assert not missing.ok
+    assert missing.error_code == "upstream.model_not_found"
 
 
 # -- the aiohttp data plane over the loopback server ------------------------------------------------
@@ -393,10 +410,13 @@ async def loopback(fake: FakeUpstream, clock: FakeClock) -> AsyncIterator[Defaul
 
 
 async def test_aiohttp_chat_embeddings_models(loopback: DefaultAiApiService, fake: FakeUpstream) -> None:
-    result = await loopback.chat_completion({"model": "fake-model", "messages": MESSAGES, "api_base": "http://x"})
+    result = await loopback.chat_completion(
+        {"model": "fake-model", "messages": MESSAGES, "api_base": "http://x"}
+    )
     assert result.usage.source == "reported"
     assert "api_base" not in fake.requests[-1].json
-    assert fake.requests[-1].host is not None and fake.requests[-1].host.startswith("127.0.0.1:")
+    assert fake.requests[-1].host is not None
+    assert fake.requests[-1].host.startswith("127.0.0.1:")
     assert (await loopback.embeddings({"model": "fake-model", "input": "hi"})).usage.prompt_tokens == 1
     assert "fake-model" in (await loopback.list_models()).ids
 

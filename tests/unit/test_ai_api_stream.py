@@ -1,4 +1,4 @@
-"""Streaming: chunk-by-chunk forwarding, usage reported/estimated, early exit billed once, no retry mid-stream."""
+"""Streaming: chunk-by-chunk forwarding, usage, early exit billed once, no retry mid-stream."""
 
 from __future__ import annotations
 
@@ -28,12 +28,16 @@ async def _no_sleep(_seconds: float) -> None:
 
 
 @pytest.fixture(params=["httpx", "aiohttp"])
-async def env(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[tuple[DefaultAiApiService, FakeUpstream]]:
+async def env(
+    request: pytest.FixtureRequest, clock: FakeClock
+) -> AsyncIterator[tuple[DefaultAiApiService, FakeUpstream]]:
     fake = FakeUpstream(api_key=KEY, reply="".join(REPLY_WORDS))
     retry = RetryPolicy(max_attempts=3, sleep=_no_sleep)
     if request.param == "httpx":
         transport = HttpxTransport(httpx.AsyncClient(transport=fake.httpx_transport()), owns_client=True)
-        ai = DefaultAiApiService(Upstream(name="fake", base_url=fake.base_url, api_key=KEY), transport, clock, retry=retry)
+        ai = DefaultAiApiService(
+            Upstream(name="fake", base_url=fake.base_url, api_key=KEY), transport, clock, retry=retry
+        )
         try:
             yield ai, fake
         finally:
@@ -41,7 +45,9 @@ async def env(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator
     else:
         async with fake.serve() as base:
             aio = AiohttpTransport()
-            ai = DefaultAiApiService(Upstream(name="fake", base_url=base, api_key=KEY), aio, clock, retry=retry)
+            ai = DefaultAiApiService(
+                Upstream(name="fake", base_url=base, api_key=KEY), aio, clock, retry=retry
+            )
             try:
                 yield ai, fake
             finally:
@@ -57,7 +63,9 @@ def events_of(data: bytes) -> list[dict[str, object] | str]:
     return out
 
 
-async def test_stream_forwards_events_and_reports_usage(env: tuple[DefaultAiApiService, FakeUpstream]) -> None:
+async def test_stream_forwards_events_and_reports_usage(
+    env: tuple[DefaultAiApiService, FakeUpstream],
+) -> None:
     ai, fake = env
     calls: list[Usage] = []
     async with ai.stream_chat_completion(BODY, on_complete=calls.append) as stream:
@@ -73,23 +81,33 @@ async def test_stream_forwards_events_and_reports_usage(env: tuple[DefaultAiApiS
     assert all(e == "[DONE]" or e["choices"] for e in events)  # type: ignore[index]
     text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e != "[DONE]")  # type: ignore[index]
     assert text == fake.reply
-    expected = Usage(FakeUpstream.prompt_tokens(MESSAGES), len(REPLY_WORDS), FakeUpstream.prompt_tokens(MESSAGES) + len(REPLY_WORDS), "reported")
+    expected = Usage(
+        FakeUpstream.prompt_tokens(MESSAGES),
+        len(REPLY_WORDS),
+        FakeUpstream.prompt_tokens(MESSAGES) + len(REPLY_WORDS),
+        "reported",
+    )
     assert stream.usage == expected
     assert calls == [expected]
     assert stream.completed
 
 
-async def test_stream_forwards_usage_event_when_client_asked(env: tuple[DefaultAiApiService, FakeUpstream]) -> None:
+async def test_stream_forwards_usage_event_when_client_asked(
+    env: tuple[DefaultAiApiService, FakeUpstream],
+) -> None:
     ai, _fake = env
     body = {**BODY, "stream_options": {"include_usage": True}}
     async with ai.stream_chat_completion(body) as stream:
         data = b"".join([chunk async for chunk in stream])
     usage_events = [e for e in events_of(data) if e != "[DONE]" and not e["choices"]]  # type: ignore[index]
     assert len(usage_events) == 1
-    assert stream.usage is not None and stream.usage.source == "reported"
+    assert stream.usage is not None
+    assert stream.usage.source == "reported"
 
 
-async def test_stream_estimates_usage_when_upstream_sends_none(env: tuple[DefaultAiApiService, FakeUpstream]) -> None:
+async def test_stream_estimates_usage_when_upstream_sends_none(
+    env: tuple[DefaultAiApiService, FakeUpstream],
+) -> None:
     ai, fake = env
     fake.omit_usage = True
     async with ai.stream_chat_completion(BODY) as stream:
@@ -99,7 +117,9 @@ async def test_stream_estimates_usage_when_upstream_sends_none(env: tuple[Defaul
     assert stream.usage == Usage(prompt, completion, prompt + completion, "estimated")
 
 
-async def test_first_chunk_arrives_before_the_rest_is_sent(env: tuple[DefaultAiApiService, FakeUpstream]) -> None:
+async def test_first_chunk_arrives_before_the_rest_is_sent(
+    env: tuple[DefaultAiApiService, FakeUpstream],
+) -> None:
     ai, fake = env
     gate = fake.hold_stream(after_chunks=2)  # the fake sends 2 events, then waits for the gate
     received: list[bytes] = []
@@ -164,7 +184,9 @@ async def test_cancelled_consumer_is_billed_once_with_async_callback(
     assert calls[0].completion_tokens <= 2
 
 
-async def test_entering_and_leaving_without_reading_bills_the_prompt(env: tuple[DefaultAiApiService, FakeUpstream]) -> None:
+async def test_entering_and_leaving_without_reading_bills_the_prompt(
+    env: tuple[DefaultAiApiService, FakeUpstream],
+) -> None:
     ai, _fake = env
     calls: list[Usage] = []
     async with ai.stream_chat_completion(BODY, on_complete=calls.append):
@@ -176,15 +198,20 @@ async def test_no_retry_after_a_streamed_byte(env: tuple[DefaultAiApiService, Fa
     ai, fake = env
     fake.drop_next_stream(after_chunks=2)
     calls: list[Usage] = []
-    received = b""
-    with pytest.raises(UpstreamError) as info:
+    received: list[bytes] = []
+
+    async def consume() -> None:
         async with ai.stream_chat_completion(BODY, on_complete=calls.append) as stream:
             async for chunk in stream:
-                received += chunk
+                received.append(chunk)
+
+    with pytest.raises(UpstreamError) as info:
+        await consume()
+    assert b"".join(received).count(b"\n\n") == 2  # two events reached the caller
     assert info.value.code == "upstream.stream_interrupted"
     assert len(fake.requests) == 1  # never retried
-    assert received.count(b"\n\n") == 2
-    assert len(calls) == 1 and calls[0].source == "estimated"
+    assert len(calls) == 1
+    assert calls[0].source == "estimated"
     assert calls[0].completion_tokens == 2  # "Once " delivered: ceil(5 / 4)
 
 
@@ -197,7 +224,9 @@ async def test_stream_retries_before_the_status_line(env: tuple[DefaultAiApiServ
     assert data.endswith(b"[DONE]\n\n")
 
 
-async def test_failed_start_has_no_usage_and_no_callback(env: tuple[DefaultAiApiService, FakeUpstream]) -> None:
+async def test_failed_start_has_no_usage_and_no_callback(
+    env: tuple[DefaultAiApiService, FakeUpstream],
+) -> None:
     ai, fake = env
     fake.fail_next(401)
     calls: list[Usage] = []
@@ -210,13 +239,16 @@ async def test_failed_start_has_no_usage_and_no_callback(env: tuple[DefaultAiApi
     assert stream.usage is None
 
 
-async def test_iterating_without_async_with_starts_and_closes(env: tuple[DefaultAiApiService, FakeUpstream]) -> None:
+async def test_iterating_without_async_with_starts_and_closes(
+    env: tuple[DefaultAiApiService, FakeUpstream],
+) -> None:
     ai, _fake = env
     calls: list[Usage] = []
     stream = ai.stream_chat_completion(BODY, on_complete=calls.append)
     data = b"".join([chunk async for chunk in stream])
     assert data.endswith(b"[DONE]\n\n")
-    assert len(calls) == 1 and calls[0].source == "reported"
+    assert len(calls) == 1
+    assert calls[0].source == "reported"
     with pytest.raises(RuntimeError):
         aiter(stream)
 
@@ -232,7 +264,9 @@ def _sse(include_usage_event: bool, crlf: bool) -> bytes:
         {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": None},
     ]
     if include_usage_event:
-        events.append({"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 22, "total_tokens": 33}})
+        events.append(
+            {"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 22, "total_tokens": 33}}
+        )
     out = b"".join(b"data: " + json.dumps(e, ensure_ascii=False).encode() + b"\n\n" for e in events)
     out += b": keep-alive comment\n\ndata: [DONE]\n\n"
     return out.replace(b"\n", b"\r\n") if crlf else out

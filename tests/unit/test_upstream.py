@@ -71,7 +71,9 @@ def test_upstream_refuses_bad_base_urls(url: str) -> None:
     assert "pw" not in str(info.value)
 
 
-@pytest.mark.parametrize("headers", [{"Host": "evil.example"}, {"X-A": "a\r\nInjected: 1"}, {"Content-Length": "1"}])
+@pytest.mark.parametrize(
+    "headers", [{"Host": "evil.example"}, {"X-A": "a\r\nInjected: 1"}, {"Content-Length": "1"}]
+)
 def test_upstream_refuses_bad_headers(headers: dict[str, str]) -> None:
     with pytest.raises(ValidationError) as info:
         Upstream(name="u", base_url="https://example.com", headers=headers)
@@ -82,7 +84,9 @@ def test_upstream_model_map_and_from_settings() -> None:
     up = Upstream(name="u", base_url="https://example.com", model_map={"gpt": "gpt-4o-2024"})
     assert up.upstream_model("gpt") == "gpt-4o-2024"
     assert up.upstream_model("other") == "other"
-    settings = Settings(upstream_url="https://api.example.com/v1", upstream_api_key=KEY, upstream_timeout=30.0)
+    settings = Settings(
+        upstream_url="https://api.example.com/v1", upstream_api_key=KEY, upstream_timeout=30.0
+    )
     from_settings = Upstream.from_settings(settings)
     assert from_settings.api_key == KEY
     assert from_settings.timeouts == Timeouts(connect=5.0, read=None, total=30.0)
@@ -207,7 +211,9 @@ async def test_single_attempt_policy(clock: FakeClock) -> None:
 
 
 @pytest.fixture(params=["httpx", "aiohttp"])
-async def transport_and_base(request: pytest.FixtureRequest) -> AsyncIterator[tuple[UpstreamTransport, str, FakeUpstream]]:
+async def transport_and_base(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[UpstreamTransport, str, FakeUpstream]]:
     fake = FakeUpstream(api_key=KEY)
     if request.param == "httpx":
         transport: UpstreamTransport = HttpxTransport(httpx.AsyncClient(transport=fake.httpx_transport()))
@@ -270,7 +276,9 @@ async def test_aiohttp_connect_error_is_mapped() -> None:
     transport = AiohttpTransport(timeouts=Timeouts(connect=2.0, total=5.0))
     try:
         with pytest.raises(TransportConnectError) as info:
-            await transport.request("GET", f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": KEY})
+            await transport.request(
+                "GET", f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": KEY}
+            )
         assert KEY not in str(info.value)
     finally:
         await transport.aclose()

@@ -380,7 +380,9 @@ class DefaultAiApiService:
             models = self._model_list(resp.body)
         except MaasError as exc:
             status = exc.params.get("status")
-            return ApiKeyCheck(False, status if isinstance(status, int) else None, exc.code, self._since(started))
+            return ApiKeyCheck(
+                False, status if isinstance(status, int) else None, exc.code, self._since(started)
+            )
         except TransportError as exc:
             code = self._transport_error(exc).code
             return ApiKeyCheck(False, None, code, self._since(started))

@@ -224,7 +224,7 @@ class UpstreamTransport(Protocol):
         *,
         headers: Mapping[str, str],
         json_body: bytes | None = None,
-        timeout: Timeouts | None = None,
+        timeout: Timeouts | None = None,  # noqa: ASYNC109 - the transport's own timeouts
         stream: bool = False,
     ) -> UpstreamResponse:
         """Send one request and return the answer.
@@ -337,7 +337,7 @@ class AiohttpTransport:
         *,
         headers: Mapping[str, str],
         json_body: bytes | None = None,
-        timeout: Timeouts | None = None,
+        timeout: Timeouts | None = None,  # noqa: ASYNC109 - the transport's own timeouts
         stream: bool = False,
     ) -> UpstreamResponse:
         """Send one request through the pooled session (see :class:`UpstreamTransport`)."""
@@ -458,7 +458,7 @@ class HttpxTransport:
         *,
         headers: Mapping[str, str],
         json_body: bytes | None = None,
-        timeout: Timeouts | None = None,
+        timeout: Timeouts | None = None,  # noqa: ASYNC109 - the transport's own timeouts
         stream: bool = False,
     ) -> UpstreamResponse:
         """Send one request through the httpx client (see :class:`UpstreamTransport`)."""
@@ -573,7 +573,9 @@ def _model_map(value: Mapping[str, str] | None) -> Mapping[str, str]:
     out = dict(value or {})
     for client, upstream in out.items():
         if not isinstance(client, str) or not isinstance(upstream, str) or not client or not upstream:
-            raise ValidationError("upstream.invalid_config", reason="model map entries must be non-empty strings")
+            raise ValidationError(
+                "upstream.invalid_config", reason="model map entries must be non-empty strings"
+            )
     return MappingProxyType(out)
 
 
@@ -708,7 +710,9 @@ class _Replay:
 
     __slots__ = ("_first", "_fn")
 
-    def __init__(self, first: UpstreamResponse | BaseException, fn: Callable[[], Awaitable[UpstreamResponse]]):
+    def __init__(
+        self, first: UpstreamResponse | BaseException, fn: Callable[[], Awaitable[UpstreamResponse]]
+    ):
         self._first: UpstreamResponse | BaseException | None = first
         self._fn = fn
 
@@ -818,7 +822,9 @@ class RetryPolicy:
             stop=stop_after_attempt(self.max_attempts) | _StopOnLongRetryAfter(clock, self.retry_after_cap),
             wait=_WaitRetryAfter(
                 clock,
-                wait_exponential_jitter(multiplier=self.backoff_initial, max=self.backoff_max, jitter=self.jitter),
+                wait_exponential_jitter(
+                    multiplier=self.backoff_initial, max=self.backoff_max, jitter=self.jitter
+                ),
             ),
             retry=retry_if_exception_type(TransportConnectError)
             | retry_if_result(lambda r: isinstance(r, UpstreamResponse) and r.status in statuses),
@@ -906,7 +912,10 @@ class CircuitBreaker:
     @property
     def state(self) -> CircuitState:
         """The current state (an open breaker whose time is up reads as half-open)."""
-        if self._state is CircuitState.OPEN and self._clock.monotonic() >= self._opened_at + self.open_duration:
+        if (
+            self._state is CircuitState.OPEN
+            and self._clock.monotonic() >= self._opened_at + self.open_duration
+        ):
             self._state = CircuitState.HALF_OPEN
             self._probe_in_flight = False
         return self._state
@@ -979,4 +988,3 @@ class CircuitBreaker:
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.name!r}, state={self._state.value})"
-

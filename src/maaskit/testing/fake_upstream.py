@@ -31,7 +31,8 @@ Example::
     fake = FakeUpstream(api_key="sk-test")
     transport = HttpxTransport(httpx.AsyncClient(transport=fake.httpx_transport()))
     ai = DefaultAiApiService(Upstream(name="fake", base_url=fake.base_url, api_key="sk-test"), transport)
-    result = await ai.chat_completion({"model": "fake-model", "messages": [{"role": "user", "content": "Hi"}]})
+    body = {"model": "fake-model", "messages": [{"role": "user", "content": "Hi"}]}
+    result = await ai.chat_completion(body)
 
     async with fake.serve() as base_url:        # http://127.0.0.1:<port>/v1
         ...
@@ -246,7 +247,9 @@ class FakeUpstream:
             return _error(400, "The body must be a JSON object.", "invalid_request_error")
         model = parsed.get("model")
         if not isinstance(model, str) or model not in self.models:
-            return _error(404, f"The model `{model}` does not exist.", "invalid_request_error", "model_not_found")
+            return _error(
+                404, f"The model `{model}` does not exist.", "invalid_request_error", "model_not_found"
+            )
         if route == "/embeddings":
             return self._embeddings(parsed, model)
         messages = parsed.get("messages")
@@ -275,7 +278,11 @@ class FakeUpstream:
 
     def _usage(self, prompt_tokens: int) -> dict[str, int]:
         completion = self.completion_tokens
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": prompt_tokens + completion,
+        }
 
     def _completion(self, model: str, prompt_tokens: int) -> FakeReply:
         obj: dict[str, Any] = {
@@ -299,7 +306,9 @@ class FakeUpstream:
         data = []
         for index, text in enumerate(items):
             digest = hashlib.sha256(text.encode()).digest()
-            vector = [round(digest[i % len(digest)] / 127.5 - 1.0, 6) for i in range(self.embedding_dimensions)]
+            vector = [
+                round(digest[i % len(digest)] / 127.5 - 1.0, 6) for i in range(self.embedding_dimensions)
+            ]
             data.append({"object": "embedding", "index": index, "embedding": vector})
         obj: dict[str, Any] = {"object": "list", "data": data, "model": model}
         if not self.omit_usage:
@@ -364,7 +373,9 @@ class FakeUpstream:
                 raise httpx.ConnectError("connection refused (scripted)", request=request) from None
             if reply.chunks is None:
                 return httpx.Response(reply.status, headers=reply.headers, content=reply.body)
-            return httpx.Response(reply.status, headers=reply.headers, content=_httpx_chunks(reply.chunks, request))
+            return httpx.Response(
+                reply.status, headers=reply.headers, content=_httpx_chunks(reply.chunks, request)
+            )
 
         return httpx.MockTransport(handler)
 
