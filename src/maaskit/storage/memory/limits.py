@@ -68,7 +68,7 @@ class MemoryLimitsStore:
         return f"MemoryLimitsStore({len(self._rates)} rate keys, {len(self._budgets)} budgets)"
 
     def _now_ms(self) -> int:
-        return int(self._clock.time() * 1000)
+        return int(self._clock.time() * 1000 + 0.001)  # float-safe whole milliseconds
 
     async def admit(self, rates: Sequence[RateOp], reserve: ReserveRequest | None) -> AdmitOutcome:
         """Check every rate op and the reservation; apply all only if all pass (see the port)."""

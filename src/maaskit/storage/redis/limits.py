@@ -118,7 +118,7 @@ class RedisLimitsStore:
             raise UnavailableError("redis.unavailable") from exc
 
     def _now_arg(self) -> int:
-        return -1 if self._clock is None else int(self._clock.time() * 1000)
+        return -1 if self._clock is None else int(self._clock.time() * 1000 + 0.001)
 
     def _budget_key(self, account: str, period_start: int) -> str:
         return f"{self._prefix}bud:{account}:{period_start}"
