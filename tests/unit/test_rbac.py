@@ -37,10 +37,18 @@ class Stack:
     async def user(self, name: str, *roles: str, protected: bool = False, enabled: bool = True) -> str:
         now = self.clock.now()
         record = UserRecord(
-            id=f"usr_{name}", username=name, username_normalized=name, password_hash="x", email=None,
-            display_name=None, enabled=enabled, protected=protected, created_at=now, updated_at=now,
+            id=f"usr_{name}",
+            username=name,
+            username_normalized=name,
+            password_hash="x",
+            email=None,
+            display_name=None,
+            enabled=enabled,
+            protected=protected,
+            created_at=now,
+            updated_at=now,
             password_changed_at=now,
-        )  # fmt: skip
+        )
         assert await self.users.insert(record)
         for role in roles:
             await self.rbac.grant_role_as_system(record.id, role)
@@ -69,7 +77,9 @@ def test_protocol_and_catalog(stack: Stack) -> None:
 async def test_builtin_permissions_and_inheritance(stack: Stack) -> None:
     assert "keys:read" in await stack.rbac.role_permissions(MEMBER_ROLE)  # inherited from read_only
     assert await stack.rbac.role_permissions(READ_ONLY_ROLE) <= await stack.rbac.role_permissions(MEMBER_ROLE)
-    assert await stack.rbac.role_permissions(MEMBER_ROLE) <= await stack.rbac.role_permissions(TEAM_ADMIN_ROLE)
+    assert await stack.rbac.role_permissions(MEMBER_ROLE) <= await stack.rbac.role_permissions(
+        TEAM_ADMIN_ROLE
+    )
     admin = await stack.user("root", ADMIN_ROLE)
     member = await stack.user("bob", MEMBER_ROLE)
     nobody = await stack.user("eve")
@@ -82,7 +92,8 @@ async def test_builtin_permissions_and_inheritance(stack: Stack) -> None:
     assert not await stack.rbac.check_permission("usr_unknown", "keys:read")
     with pytest.raises(ForbiddenError) as info:
         await stack.rbac.enforce(member, "audit:read")
-    assert info.value.code == "rbac.forbidden" and info.value.params["permission"] == "audit:read"
+    assert info.value.code == "rbac.forbidden"
+    assert info.value.params["permission"] == "audit:read"
     await stack.rbac.enforce(member, "models:use")
 
 
@@ -100,7 +111,8 @@ async def test_team_scoped_assignment(stack: Stack) -> None:
     assert not await stack.rbac.check_permission(bob, "teams:manage", team_id="team_b")
     assert not await stack.rbac.check_permission(bob, "teams:manage")
     perms = await stack.rbac.permissions_for(bob, team_id="team_a")
-    assert perms.allows("keys:manage") and not perms.allows("users:manage")
+    assert perms.allows("keys:manage")
+    assert not perms.allows("users:manage")
 
 
 async def test_no_escalation_on_assign(stack: Stack) -> None:
@@ -164,7 +176,8 @@ async def test_last_admin_and_protected_admin(stack: Stack) -> None:
         await solo.rbac.revoke_role(a, a, ADMIN_ROLE)
     b = await solo.user("b", ADMIN_ROLE)
     await solo.rbac.revoke_role(a, a, ADMIN_ROLE)  # b remains
-    assert await solo.rbac.is_admin(b) and not await solo.rbac.is_admin(a)
+    assert await solo.rbac.is_admin(b)
+    assert not await solo.rbac.is_admin(a)
     with pytest.raises(ConflictError):
         await solo.rbac.revoke_role(b, b, ADMIN_ROLE)
 
@@ -172,7 +185,11 @@ async def test_last_admin_and_protected_admin(stack: Stack) -> None:
 async def test_custom_roles_lifecycle(stack: Stack) -> None:
     root = await stack.user("root", ADMIN_ROLE)
     role = await stack.rbac.create_role(
-        root, "billing", description="Budgets", permissions=["budgets:manage", "app:invoice"], parents=[READ_ONLY_ROLE]
+        root,
+        "billing",
+        description="Budgets",
+        permissions=["budgets:manage", "app:invoice"],
+        parents=[READ_ONLY_ROLE],
     )
     assert role.effective_permissions >= {"budgets:manage", "app:invoice", "keys:read"}
     assert "billing" in {r.name for r in await stack.rbac.list_roles()}

@@ -93,25 +93,32 @@ def test_protocols(stack: Stack) -> None:
 def test_default_hasher_is_argon2_default_profile(stack: Stack) -> None:
     svc = DefaultUserService(stack.store, stack.rbac, stack.audit, stack.clock)
     default = argon2.PasswordHasher()
-    assert "t=3" in repr(svc) and f"m={default.memory_cost}" in repr(svc) and "p=4" in repr(svc)
+    assert "t=3" in repr(svc)
+    assert f"m={default.memory_cost}" in repr(svc)
+    assert "p=4" in repr(svc)
     assert default.type is argon2.Type.ID
 
 
 def test_argon2i_is_refused(stack: Stack) -> None:
     with pytest.raises(ValidationError):
-        DefaultUserService(stack.store, stack.rbac, stack.audit, hasher=argon2.PasswordHasher(type=argon2.Type.I))
+        DefaultUserService(
+            stack.store, stack.rbac, stack.audit, hasher=argon2.PasswordHasher(type=argon2.Type.I)
+        )
 
 
 async def test_login_with_the_default_profile(clock: FakeClock) -> None:
     stack = make_stack(clock, hasher=argon2.PasswordHasher())
     user = await stack.users.add("dana", PW)
     record = await stack.store.get(user.id)
-    assert record is not None and record.password_hash.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
+    assert record is not None
+    assert record.password_hash.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
     assert (await stack.users.authenticate("dana", PW)).id == user.id
 
 
 async def test_add_get_list_update(stack: Stack) -> None:
-    bob = await stack.users.add("Bob", PW, email="bob@example.com", display_name="Bob B.", roles=[MEMBER_ROLE])
+    bob = await stack.users.add(
+        "Bob", PW, email="bob@example.com", display_name="Bob B.", roles=[MEMBER_ROLE]
+    )
     assert (await stack.users.get(bob.id)).username == "Bob"
     assert (await stack.users.get_by_username("bOB")).id == bob.id
     assert await stack.rbac.check_permission(bob.id, "keys:create")
@@ -123,14 +130,17 @@ async def test_add_get_list_update(stack: Stack) -> None:
     assert [u.username for u in await stack.users.list(after="alice")] == ["Bob"]
     stack.clock.advance(60)
     updated = await stack.users.update(bob.id, email=None, display_name=UNSET)
-    assert updated.email is None and updated.display_name == "Bob B." and updated.updated_at > bob.updated_at
+    assert updated.email is None
+    assert updated.display_name == "Bob B."
+    assert updated.updated_at > bob.updated_at
     with pytest.raises(NotFoundError):
         await stack.users.get("usr_missing")
     with pytest.raises(NotFoundError):
         await stack.users.get_by_username("x")
     with pytest.raises(ValidationError):
         await stack.users.list(limit=0)
-    assert "password_hash" not in repr(bob) and "$argon2" not in repr(await stack.store.get(bob.id))
+    assert "password_hash" not in repr(bob)
+    assert "$argon2" not in repr(await stack.store.get(bob.id))
 
 
 @pytest.mark.parametrize(
@@ -151,7 +161,8 @@ async def test_input_validation(stack: Stack, username: str, password: str, code
     with pytest.raises(ValidationError) as info:
         await stack.users.add(username, password)
     assert info.value.code == code
-    assert password not in str(info.value) and password not in repr(info.value)
+    assert password not in str(info.value)
+    assert password not in repr(info.value)
     assert await stack.store.list() == []
 
 
@@ -159,7 +170,7 @@ def test_password_bytes_limit() -> None:
     validate_password("a" * 128)
     assert validate_password("€" * 128) == "€" * 128  # 128 characters, 384 bytes
     with pytest.raises(ValidationError):
-        validate_password("𝕏" * 129)  # over 128 characters
+        validate_password("é" * 129)  # over 128 characters
     assert len(COMMON_PASSWORDS) >= 100
     assert all(len(p) >= 8 for p in COMMON_PASSWORDS)
 
@@ -185,7 +196,8 @@ async def test_authenticate_same_error_and_same_work(clock: FakeClock) -> None:
             await stack.users.authenticate(username, password)
         assert hasher.verifies == before + 1  # one argon2 verification on every path
         errors.append((info.value.code, str(info.value), info.value.params))
-    assert len(set(map(repr, errors))) == 1 and errors[0][0] == "users.invalid_credentials"
+    assert len(set(map(repr, errors))) == 1
+    assert errors[0][0] == "users.invalid_credentials"
     assert (await stack.users.authenticate("BOB", PW)).id == bob.id
     failures = await stack.audit.query(action="users.login")
     assert [e.outcome for e in failures] == [AuditOutcome.SUCCESS] + [AuditOutcome.FAILURE] * 3
@@ -207,7 +219,8 @@ async def test_throttling_grows_and_resets(stack: Stack) -> None:
         await stack.users.authenticate("bob", "wrong password!")  # 6th failure is still checked ...
     with pytest.raises(RateLimitedError) as info:
         await stack.users.authenticate("bob", PW)  # ... but now even the right password must wait
-    assert info.value.code == "users.login_throttled" and info.value.retry_after == 1
+    assert info.value.code == "users.login_throttled"
+    assert info.value.retry_after == 1
     stack.clock.advance(1)
     with pytest.raises(UnauthenticatedError):
         await stack.users.authenticate("bob", "wrong password!")
@@ -273,17 +286,21 @@ async def test_outdated_hash_is_upgraded_on_login(stack: Stack) -> None:
     assert (await stack.store.get(bob.id)).password_hash == old_hash  # type: ignore[union-attr]
     await svc.authenticate("bob", PW)
     new_hash = (await stack.store.get(bob.id)).password_hash  # type: ignore[union-attr]
-    assert new_hash != old_hash and not stronger.check_needs_rehash(new_hash)
+    assert new_hash != old_hash
+    assert not stronger.check_needs_rehash(new_hash)
     await svc.authenticate("bob", PW)
 
 
 async def test_default_admin_random_password_once(stack: Stack) -> None:
     admin, generated = await stack.users.ensure_default_admin(None)
-    assert generated is not None and len(generated) >= 20
-    assert admin.protected and await stack.rbac.is_admin(admin.id)
+    assert generated is not None
+    assert len(generated) >= 20
+    assert admin.protected
+    assert await stack.rbac.is_admin(admin.id)
     assert (await stack.users.authenticate("admin", generated)).id == admin.id
     again, none = await stack.users.ensure_default_admin("another password!")
-    assert again.id == admin.id and none is None
+    assert again.id == admin.id
+    assert none is None
     events = await stack.audit.query(limit=1000)
     assert all(generated not in repr(e) for e in events)
 
@@ -292,7 +309,8 @@ async def test_default_admin_given_password(stack: Stack) -> None:
     with pytest.raises(ValidationError):
         await stack.users.ensure_default_admin("password")
     admin, generated = await stack.users.ensure_default_admin("a good admin passphrase", username="root")
-    assert generated is None and admin.username == "root"
+    assert generated is None
+    assert admin.username == "root"
     await stack.users.authenticate("root", "a good admin passphrase")
 
 
@@ -306,7 +324,8 @@ async def test_protected_admin_cannot_be_deleted_disabled_or_demoted(stack: Stac
     with pytest.raises(ForbiddenError) as info:
         await stack.rbac.revoke_role(other.id, admin.id, ADMIN_ROLE)
     assert info.value.code == "users.protected"
-    assert (await stack.users.get(admin.id)).enabled and await stack.rbac.is_admin(admin.id)
+    assert (await stack.users.get(admin.id)).enabled
+    assert await stack.rbac.is_admin(admin.id)
 
 
 async def test_last_admin_cannot_be_removed(stack: Stack) -> None:
@@ -349,12 +368,15 @@ async def test_password_change_disable_delete_revoke_credentials(stack: Stack) -
 async def test_failing_revoker_is_reported_and_others_still_run(clock: FakeClock) -> None:
     stack = make_stack(clock)
     broken, good = RecordingRevoker(fail=True), RecordingRevoker()
-    svc = DefaultUserService(stack.store, stack.rbac, stack.audit, clock, hasher=CHEAP, revokers=[broken, good])
+    svc = DefaultUserService(
+        stack.store, stack.rbac, stack.audit, clock, hasher=CHEAP, revokers=[broken, good]
+    )
     bob = await svc.add("bob", PW)
     with pytest.raises(UnavailableError) as info:
         await svc.disable(bob.id)
     assert info.value.code == "users.revocation_incomplete"
-    assert good.calls == [bob.id] and not (await svc.get(bob.id)).enabled
+    assert good.calls == [bob.id]
+    assert not (await svc.get(bob.id)).enabled
 
 
 async def test_admin_actions_need_users_manage_and_cover_the_target(stack: Stack) -> None:
