@@ -66,7 +66,7 @@ def test_weekly_and_yearly() -> None:
 def test_no_reset_and_naive_time() -> None:
     assert BudgetPeriod().bounds(utc(2030, 5, 5)) == (utc(1970, 1, 1), None)
     with pytest.raises(ValidationError):
-        BudgetPeriod(PeriodKind.DAILY).bounds(datetime(2026, 1, 1))  # noqa: DTZ001
+        BudgetPeriod(PeriodKind.DAILY).bounds(datetime(2026, 1, 1))
 
 
 @pytest.mark.parametrize(
@@ -86,7 +86,9 @@ def test_bad_periods_are_refused(kwargs: dict[str, object]) -> None:
         BudgetPeriod(**kwargs)  # type: ignore[arg-type]
 
 
-zones = st.sampled_from(["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "America/Santiago"])
+zones = st.sampled_from(
+    ["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "America/Santiago"]
+)
 
 
 @given(

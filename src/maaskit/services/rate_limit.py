@@ -352,6 +352,20 @@ class AdmissionLimits:
     reserve_micros: int = attrs.field(
         default=0, validator=lambda _i, _a, v: validate_micros(v, field="reserve_micros")
     )
+    # Derived once per instance (reuse an AdmissionLimits per key to keep the hot path short).
+    _ops: tuple[RateOp, ...] = attrs.field(init=False, eq=False, repr=False, hash=False)
+    _token_limits: tuple[tuple[str, RateLimit, int], ...] = attrs.field(
+        init=False, eq=False, repr=False, hash=False
+    )
+
+    def __attrs_post_init__(self) -> None:
+        ops = tuple(
+            RateOp(f"{c.limit.kind.value}:{c.subject}", c.cost, c.limit.limit, c.limit.period_seconds * 1000)
+            for c in self.rates
+        )
+        tokens = tuple((c.subject, c.limit, c.cost) for c in self.rates if c.limit.kind is RateKind.TOKENS)
+        object.__setattr__(self, "_ops", ops)
+        object.__setattr__(self, "_token_limits", tokens)
 
     @classmethod
     def simple(
@@ -472,10 +486,7 @@ class DefaultLimitsGate:
 
     async def acquire(self, limits: AdmissionLimits) -> GateDecision:
         """See :meth:`LimitsGate.acquire`."""
-        ops = [
-            RateOp(f"{c.limit.kind.value}:{c.subject}", c.cost, c.limit.limit, c.limit.period_seconds * 1000)
-            for c in limits.rates
-        ]
+        ops = limits._ops
         request: ReserveRequest | None = None
         ends: list[int | None] = []
         starts: list[int] = []
@@ -506,7 +517,7 @@ class DefaultLimitsGate:
             ticket = GateTicket(
                 None if request is None else request.reservation_id,
                 amount,
-                tuple((c.subject, c.limit, c.cost) for c in limits.rates if c.limit.kind is RateKind.TOKENS),
+                limits._token_limits,
                 tuple(starts),
             )
             return GateDecision(True, decisions, available, ticket, None)

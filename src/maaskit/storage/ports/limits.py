@@ -17,6 +17,10 @@ per millisecond; a unit of cost fills it by ``period_ms``. The state per subject
 integers (``level``, ``ts``): O(1) in time and space whatever the limit. See
 :func:`gcra_drain`.
 
+The records exchanged with stores are ``NamedTuple``s rather than attrs classes: they are
+created several times per request on the hot path, and a named tuple is built about three
+times faster while staying immutable and typed.
+
 Budget periods are identified by their start as integer epoch seconds (``0`` for a budget that
 never resets); computing the calendar is the service's job.
 """
@@ -25,9 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import Final, Protocol, runtime_checkable
-
-import attrs
+from typing import Final, NamedTuple, Protocol, runtime_checkable
 
 __all__ = [
     "MAX_LIMIT_UNITS",
@@ -59,8 +61,7 @@ class SettlementStatus(StrEnum):
     RELEASED = "released"
 
 
-@attrs.frozen
-class RateOp:
+class RateOp(NamedTuple):
     """One rate-limit check inside an admission.
 
     Attributes:
@@ -76,8 +77,7 @@ class RateOp:
     period_ms: int
 
 
-@attrs.frozen
-class RateAdjust:
+class RateAdjust(NamedTuple):
     """A correction of a rate counter after the call (actual tokens minus the estimate)."""
 
     key: str
@@ -86,8 +86,7 @@ class RateAdjust:
     period_ms: int
 
 
-@attrs.frozen
-class RateOutcome:
+class RateOutcome(NamedTuple):
     """The GCRA state of one subject after an admission attempt.
 
     Attributes:
@@ -102,8 +101,7 @@ class RateOutcome:
     now_ms: int
 
 
-@attrs.frozen
-class BudgetLine:
+class BudgetLine(NamedTuple):
     """One budget a reservation draws on.
 
     Attributes:
@@ -119,8 +117,7 @@ class BudgetLine:
     limit_micros: int
 
 
-@attrs.frozen
-class ReserveRequest:
+class ReserveRequest(NamedTuple):
     """Reserve ``amount_micros`` on every line, all or nothing, under ``reservation_id``."""
 
     reservation_id: str
@@ -128,8 +125,7 @@ class ReserveRequest:
     lines: tuple[BudgetLine, ...]
 
 
-@attrs.frozen
-class LedgerBalance:
+class LedgerBalance(NamedTuple):
     """The counters of one budget period, in micro-dollars."""
 
     committed_micros: int = 0
@@ -137,16 +133,14 @@ class LedgerBalance:
     overage_micros: int = 0
 
 
-@attrs.frozen
-class ReserveOutcome:
+class ReserveOutcome(NamedTuple):
     """Whether a reservation was made, and each line's balance (after it, or at the refusal)."""
 
     ok: bool
     balances: tuple[LedgerBalance, ...]
 
 
-@attrs.frozen
-class AdmitOutcome:
+class AdmitOutcome(NamedTuple):
     """The result of :meth:`LimitsStore.admit`: nothing was written unless ``ok``."""
 
     ok: bool
@@ -155,8 +149,7 @@ class AdmitOutcome:
     reserve: ReserveOutcome | None
 
 
-@attrs.frozen
-class SettleOutcome:
+class SettleOutcome(NamedTuple):
     """How a reservation was settled; ``already_settled`` when an earlier call settled it."""
 
     reservation_id: str
