@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     upstream_max_retries: int = Field(default=2, ge=0, le=10)
     upstream_retry_after_cap: float = Field(default=10.0, ge=0)
     default_max_tokens: int = Field(default=4096, ge=1)
+    #: USD per million tokens, as decimal strings: ``{"gpt-4o-mini": {"input": "0.15", "output": "0.60"}}``.
+    model_prices: dict[str, dict[str, str]] = Field(default_factory=dict)
+    limits_backend: Literal["auto", "memory", "sql", "redis"] = "auto"
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     key_cache_ttl: float = Field(default=60.0, gt=0)
     key_rotation_grace: float = Field(default=86_400.0, ge=0)
     usage_flush_interval: float = Field(default=1.0, gt=0, le=60)
@@ -179,6 +183,24 @@ class Settings(BaseSettings):
             if missing:
                 raise ValueError(f"production needs {', '.join(missing)}")
         return self
+
+    @field_validator("model_prices")
+    @classmethod
+    def _model_prices(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for model, price in value.items():
+            unknown = set(price) - {"input", "output", "request"}
+            if unknown:
+                raise ValueError(f"model {model!r}: unknown price fields {sorted(unknown)}")
+            if "input" not in price or "output" not in price:
+                raise ValueError(f"model {model!r}: needs 'input' and 'output' (USD per million tokens)")
+        return value
+
+    @property
+    def effective_limits_backend(self) -> Literal["memory", "sql", "redis"]:
+        """Where rate limits and budgets live: ``auto`` means Redis with ``redis_url``, else SQL."""
+        if self.limits_backend == "auto":
+            return "redis" if self.redis_url else "sql"
+        return self.limits_backend
 
     @property
     def effective_cache_backend(self) -> Literal["memory", "redis"]:

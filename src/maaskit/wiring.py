@@ -6,13 +6,25 @@ SQL or Redis, depending on the settings. Services themselves only see Protocols.
 
 from __future__ import annotations
 
+import hashlib
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from maaskit.clock import Clock
+from maaskit.services.admission import AdmissionService, DefaultAdmissionService
+from maaskit.services.ai_api import AiApiService, DefaultAiApiService
+from maaskit.services.api_keys import ApiKeyService, DefaultApiKeyService
+from maaskit.services.pricing import ModelPrice, PricingService, StaticPricing
+from maaskit.services.rate_limit import DefaultLimitsGate, LimitsGate
+from maaskit.services.upstream import AiohttpTransport, RetryPolicy, Upstream, UpstreamTransport
 from maaskit.services.cache import CacheService
 from maaskit.services.settings import DefaultSettingsService, SettingsService
 from maaskit.settings import Settings
 from maaskit.services.usage import DefaultUsageService, UsageService
+from maaskit.storage.ports.api_keys import ApiKeyStore, KeyInvalidationBus
+from maaskit.storage.ports.limits import LimitsStore
 from maaskit.storage.ports.settings import SettingOverrideStore
 from maaskit.storage.ports.usage import UsageStore
 from maaskit.storage.sql.database import Database
@@ -20,7 +32,13 @@ from maaskit.storage.sql.database import Database
 if TYPE_CHECKING:
     from maaskit.registry import Registry
 
-__all__ = ["RedisClient", "eager_services", "wire_builtin_services"]
+__all__ = ["DEVELOPMENT_PEPPER", "RedisClient", "eager_services", "prices_from_settings", "wire_builtin_services"]
+
+log = structlog.get_logger(__name__)
+
+#: The API-key pepper outside production when ``MAASKIT_KEY_PEPPER`` is unset. It is public, so
+#: digests are then plain keyed SHA-256: still safe for 256-bit random keys, but set a real one.
+DEVELOPMENT_PEPPER = hashlib.sha256(b"maaskit development pepper - set MAASKIT_KEY_PEPPER").digest()
 
 
 class RedisClient:
@@ -70,6 +88,105 @@ def _usage(settings: Settings, store: UsageStore, clock: Clock) -> UsageService:
     )
 
 
+def _api_key_store(database: Database) -> ApiKeyStore:
+    from maaskit.storage.sql.api_keys import SqlApiKeyStore
+
+    return SqlApiKeyStore(database)
+
+
+def _redis_bus(redis: RedisClient) -> KeyInvalidationBus:
+    from maaskit.storage.redis.api_keys import RedisKeyInvalidationBus
+
+    return RedisKeyInvalidationBus(redis)  # type: ignore[arg-type]
+
+
+def _api_keys(
+    settings: Settings, store: ApiKeyStore, clock: Clock, bus: KeyInvalidationBus | None = None
+) -> ApiKeyService:
+    pepper = settings.key_pepper
+    if pepper is None:
+        log.warning("api_keys.development_pepper", hint="set MAASKIT_KEY_PEPPER (32+ random bytes)")
+    return DefaultApiKeyService(
+        store,
+        clock,
+        pepper=DEVELOPMENT_PEPPER if pepper is None else pepper.get_secret_value().encode(),
+        cache_ttl=settings.key_cache_ttl,
+        rotation_grace=settings.key_rotation_grace,
+        invalidation=bus,
+    )
+
+
+def prices_from_settings(settings: Settings) -> dict[str, ModelPrice]:
+    """``MAASKIT_MODEL_PRICES`` (USD per million tokens) as per-token :class:`ModelPrice` objects."""
+    million = Decimal(1_000_000)
+    out: dict[str, ModelPrice] = {}
+    for model, price in settings.model_prices.items():
+        out[model] = ModelPrice(
+            model,
+            Decimal(price["input"]) / million,
+            Decimal(price["output"]) / million,
+            Decimal(price.get("request", "0")),
+        )
+    return out
+
+
+def _pricing(settings: Settings) -> PricingService:
+    return StaticPricing(prices_from_settings(settings))
+
+
+def _memory_limits(clock: Clock) -> LimitsStore:
+    from maaskit.storage.memory.limits import MemoryLimitsStore
+
+    return MemoryLimitsStore(clock)
+
+
+async def _redis_limits(redis: RedisClient) -> LimitsStore:
+    from maaskit.storage.redis.limits import RedisLimitsStore
+
+    store = RedisLimitsStore(redis)  # type: ignore[arg-type]
+    await store.load_scripts()
+    return store
+
+
+def _sql_limits(database: Database, clock: Clock) -> LimitsStore:
+    from maaskit.storage.memory.limits import MemoryLimitsStore
+    from maaskit.storage.sql.budget import SqlLedgerStore
+    from maaskit.storage.sql.limits import SqlBackedLimitsStore
+
+    return SqlBackedLimitsStore(MemoryLimitsStore(clock), SqlLedgerStore(database, clock))
+
+
+def _gate(store: LimitsStore, clock: Clock) -> LimitsGate:
+    return DefaultLimitsGate(store, clock)
+
+
+def _transport(settings: Settings) -> UpstreamTransport:
+    return AiohttpTransport()
+
+
+def _ai_api(settings: Settings, transport: UpstreamTransport, clock: Clock) -> AiApiService:
+    if settings.upstream_url is None:
+        from maaskit.errors import ValidationError
+
+        raise ValidationError("upstream.not_configured")
+    return DefaultAiApiService(
+        Upstream.from_settings(settings), transport, clock, retry=RetryPolicy.from_settings(settings)
+    )
+
+
+def _admission(
+    settings: Settings,
+    api_keys: ApiKeyService,
+    pricing: PricingService,
+    gate: LimitsGate,
+    usage: UsageService,
+    clock: Clock,
+) -> AdmissionService:
+    return DefaultAdmissionService(
+        api_keys, pricing, gate, usage, clock, default_max_tokens=settings.default_max_tokens
+    )
+
+
 def wire_builtin_services(registry: Registry, settings: Settings) -> None:
     """Register every built-in service on *registry*, backends chosen from *settings*."""
     if settings.redis_url:
@@ -83,10 +200,24 @@ def wire_builtin_services(registry: Registry, settings: Settings) -> None:
     registry.register_factory(UsageStore, _usage_store)
     registry.register_factory(UsageService, _usage)
 
+    # gateway core: keys, limits, pricing, upstream, admission
+    registry.register_factory(ApiKeyStore, _api_key_store)
+    if settings.redis_url:
+        registry.register_factory(KeyInvalidationBus, _redis_bus)
+    registry.register_factory(ApiKeyService, _api_keys)
+    registry.register_factory(PricingService, _pricing)
+    backend = settings.effective_limits_backend
+    limits_factory = _redis_limits if backend == "redis" else _sql_limits if backend == "sql" else _memory_limits
+    registry.register_factory(LimitsStore, limits_factory)
+    registry.register_factory(LimitsGate, _gate)
+    registry.register_factory(UpstreamTransport, _transport)
+    registry.register_factory(AiApiService, _ai_api)
+    registry.register_factory(AdmissionService, _admission)
+
 
 def eager_services() -> tuple[type[Any], ...]:
     """Services built when the app starts (after migrations), in this order.
 
     Services with background work (:class:`maaskit.app.BackgroundService`) are started then.
     """
-    return (SettingsService, UsageService)
+    return (SettingsService, UsageService, ApiKeyService)

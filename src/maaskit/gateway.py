@@ -1,0 +1,347 @@
+"""The reference gateway: an OpenAI-compatible endpoint in front of one upstream (``maaskit serve``).
+
+It shows how little code a gateway needs on top of maaskit: every decision (who may call, how
+much is left, what it cost) is a service call; this module only speaks HTTP.
+
+Routes:
+
+* ``POST /v1/chat/completions`` (streamed and not), ``POST /v1/embeddings``, ``GET /v1/models``:
+  ``Authorization: Bearer mk_...``;
+* ``/admin/keys`` (create, list, get, rotate, revoke, enable/disable, budget) and
+  ``/admin/usage``: ``Authorization: Bearer <MAASKIT_ADMIN_TOKEN>``;
+* ``GET /health``.
+
+Example::
+
+    import uvicorn
+    from maaskit.gateway import create_gateway
+
+    uvicorn.run(create_gateway(settings), host="127.0.0.1", port=4200)
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from maaskit.adapters import starlette as mk
+from maaskit.app import AppService, create_app
+from maaskit.errors import ForbiddenError, UnauthenticatedError, ValidationError
+from maaskit.money import from_micros, parse_micros, to_micros
+from maaskit.services.admission import AdmissionService
+from maaskit.services.ai_api import AiApiService, ChatStream, Usage
+from maaskit.services.api_keys import ApiKey, ApiKeyService
+from maaskit.services.usage import UsageService
+from maaskit.settings import Settings
+
+__all__ = ["create_gateway", "key_to_dict"]
+
+
+def _reject_constant(value: str) -> Any:
+    raise ValueError(f"{value} is not valid JSON")
+
+
+async def _json_body(request: Request, limit: int) -> dict[str, Any]:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ValidationError("http.body_too_large", limit=limit)
+    raw = await request.body()
+    if len(raw) > limit:
+        raise ValidationError("http.body_too_large", limit=limit)
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        reason = "NaN and Infinity are not JSON" if "not valid JSON" in str(exc) else "malformed JSON"
+        raise ValidationError("http.invalid_json", reason=reason) from None
+    if not isinstance(body, dict):
+        raise ValidationError("http.invalid_json", reason="the body must be a JSON object")
+    return body
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def key_to_dict(key: ApiKey) -> dict[str, Any]:
+    """The admin API's JSON view of a key (never the secret or its digest)."""
+    return {
+        "id": key.id,
+        "owner_id": key.owner_id,
+        "team_id": key.team_id,
+        "name": key.name,
+        "hint": key.hint,
+        "allowed_models": sorted(key.allowed_models),
+        "budget_micros": key.budget_micros,
+        "budget": None if key.budget_micros is None else str(from_micros(key.budget_micros)),
+        "rpm_limit": key.rpm_limit,
+        "tpm_limit": key.tpm_limit,
+        "expires_at": _iso(key.expires_at),
+        "enabled": key.enabled,
+        "revoked_at": _iso(key.revoked_at),
+        "created_at": _iso(key.created_at),
+        "rotation_counter": key.rotation_counter,
+        "previous_valid_until": _iso(key.previous_valid_until),
+    }
+
+
+class _Gateway:
+    """The endpoints, bound to one :class:`AppService` (resolved once, at first use)."""
+
+    def __init__(self, app_service: AppService) -> None:
+        self.app = app_service
+        self.settings = app_service.settings
+        self._resolved = False
+
+    def _services(self) -> None:
+        if self._resolved:
+            return
+        get = self.app.registry.get
+        self.admission = get(AdmissionService)
+        self.ai = get(AiApiService)
+        self.keys = get(ApiKeyService)
+        self.usage = get(UsageService)
+        self.upstream_name = getattr(getattr(self.ai, "upstream", None), "name", None)
+        self._resolved = True
+
+    # -- OpenAI-compatible endpoints --------------------------------------------------------
+
+    async def chat_completions(self, request: Request) -> Response:
+        self._services()
+        credential = mk.credential(request)
+        body = await _json_body(request, self.settings.max_request_bytes)
+        admission = await self.admission.admit(credential, body.get("model"), body)  # type: ignore[arg-type]
+        upstream_body = admission.upstream_body(body)
+        headers = admission.headers()
+        if body.get("stream") is True:
+            return await self._stream(admission, upstream_body, headers)
+        try:
+            result = await self.ai.chat_completion(upstream_body)
+        except BaseException:
+            await self.admission.release(admission, upstream=self.upstream_name)
+            raise
+        await self.admission.settle(admission, result.usage, upstream=self.upstream_name)
+        return Response(result.body, status_code=result.status, headers=headers, media_type="application/json")
+
+    async def _stream(self, admission: Any, upstream_body: dict[str, Any], headers: dict[str, str]) -> Response:
+        stream: ChatStream
+
+        async def settle(usage: Usage) -> None:
+            status: Literal["ok", "cancelled"] = "ok" if stream.completed else "cancelled"
+            await self.admission.settle(admission, usage, status=status, streamed=True, upstream=self.upstream_name)
+
+        stream = self.ai.stream_chat_completion(upstream_body, on_complete=settle)
+        try:
+            await stream.start()
+        except BaseException:
+            await self.admission.release(admission, upstream=self.upstream_name)
+            raise
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in stream:
+                    yield chunk
+            finally:
+                await stream.aclose()
+
+        headers["cache-control"] = "no-cache"
+        return StreamingResponse(chunks(), headers=headers, media_type="text/event-stream")
+
+    async def embeddings(self, request: Request) -> Response:
+        self._services()
+        credential = mk.credential(request)
+        body = await _json_body(request, self.settings.max_request_bytes)
+        admission = await self.admission.admit(credential, body.get("model"), body, max_output_tokens=0)  # type: ignore[arg-type]
+        try:
+            result = await self.ai.embeddings(body)
+        except BaseException:
+            await self.admission.release(admission, upstream=self.upstream_name)
+            raise
+        await self.admission.settle(admission, result.usage, upstream=self.upstream_name)
+        return Response(result.body, headers=admission.headers(), media_type="application/json")
+
+    async def models(self, request: Request) -> Response:
+        self._services()
+        key = await self.keys.validate(mk.credential(request))
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "maaskit"}
+            for name in sorted(self.settings.model_prices)
+            if key.allows_model(name)
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    # -- admin endpoints ----------------------------------------------------------------------
+
+    def _admin(self, request: Request) -> None:
+        self._services()
+        token = self.settings.admin_token
+        if token is None:
+            raise ForbiddenError("gateway.admin_disabled")
+        given = mk.credential(request)
+        if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+            raise UnauthenticatedError("gateway.admin_unauthenticated")
+
+    async def create_key(self, request: Request) -> Response:
+        self._admin(request)
+        body = await _json_body(request, 64 * 1024)
+        owner = body.get("owner_id")
+        if not isinstance(owner, str):
+            raise ValidationError("http.invalid_request", reason="owner_id must be a string")
+        created = await self.keys.create(
+            owner,
+            team_id=_optional(body, "team_id", str),
+            name=_optional(body, "name", str) or "",
+            allowed_models=tuple(_optional(body, "allowed_models", list) or ()),
+            budget_micros=_budget(body),
+            rpm_limit=_optional(body, "rpm_limit", int),
+            tpm_limit=_optional(body, "tpm_limit", int),
+            expires_at=_datetime(body.get("expires_at")),
+        )
+        return JSONResponse({**key_to_dict(created.key), "secret": created.secret}, status_code=201)
+
+    async def list_keys(self, request: Request) -> Response:
+        self._admin(request)
+        params = request.query_params
+        keys = await self.keys.list(
+            owner_id=params.get("owner_id"),
+            team_id=params.get("team_id"),
+            include_revoked=params.get("include_revoked") == "true",
+        )
+        return JSONResponse({"data": [key_to_dict(k) for k in keys]})
+
+    async def get_key(self, request: Request) -> Response:
+        self._admin(request)
+        return JSONResponse(key_to_dict(await self.keys.get(request.path_params["key_id"])))
+
+    async def rotate_key(self, request: Request) -> Response:
+        self._admin(request)
+        body = await _json_body(request, 64 * 1024) if await request.body() else {}
+        grace = body.get("grace_seconds")
+        if grace is not None and (isinstance(grace, bool) or not isinstance(grace, int | Decimal)):
+            raise ValidationError("http.invalid_request", reason="grace_seconds must be a number")
+        rotation = await self.keys.rotate(
+            request.path_params["key_id"],
+            grace_seconds=None if grace is None else float(grace),
+            idempotency_key=request.headers.get("idempotency-key"),
+        )
+        out = key_to_dict(rotation.key)
+        out.update(secret=rotation.secret, replayed=rotation.replayed)
+        return JSONResponse(out)
+
+    async def revoke_key(self, request: Request) -> Response:
+        self._admin(request)
+        return JSONResponse(key_to_dict(await self.keys.revoke(request.path_params["key_id"])))
+
+    async def enable_key(self, request: Request) -> Response:
+        self._admin(request)
+        enabled = request.url.path.endswith("/enable")
+        return JSONResponse(key_to_dict(await self.keys.set_enabled(request.path_params["key_id"], enabled)))
+
+    async def key_budget(self, request: Request) -> Response:
+        self._admin(request)
+        body = await _json_body(request, 64 * 1024)
+        key = await self.keys.update_budget(request.path_params["key_id"], _budget(body))
+        return JSONResponse(key_to_dict(key))
+
+    async def usage_report(self, request: Request) -> Response:
+        self._admin(request)
+        params = request.query_params
+        start = _datetime(params.get("start")) or datetime.min.replace(tzinfo=self.app.clock.now().tzinfo)
+        end = _datetime(params.get("end")) or self.app.clock.now()
+        await self.usage.flush()
+        rows = await self.usage.report(start, end, key_id=params.get("key_id"), model=params.get("model"))
+        return JSONResponse(
+            {
+                "data": [
+                    {
+                        "key_id": r.key_id,
+                        "model": r.model,
+                        "day": None if r.day is None else r.day.isoformat(),
+                        "requests": r.requests,
+                        "errors": r.errors,
+                        "prompt_tokens": r.prompt_tokens,
+                        "completion_tokens": r.completion_tokens,
+                        "cost_micros": r.cost_micros,
+                        "cost": str(from_micros(r.cost_micros)),
+                    }
+                    for r in rows
+                ]
+            }
+        )
+
+
+def _optional(body: Mapping[str, Any], name: str, kind: type) -> Any:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        raise ValidationError("http.invalid_request", reason=f"{name} must be a {kind.__name__}")
+    return value
+
+
+def _budget(body: Mapping[str, Any]) -> int | None:
+    """``budget_micros`` (an integer) or ``budget`` (a decimal string in USD); floats are refused."""
+    if "budget_micros" in body and body["budget_micros"] is not None:
+        return parse_micros(body["budget_micros"], field="budget_micros")
+    budget = body.get("budget")
+    if budget is None:
+        return None
+    if not isinstance(budget, str):
+        raise ValidationError("money.invalid", field="budget", reason="give the amount as a decimal string")
+    micros = to_micros(budget, field="budget")
+    return parse_micros(micros, field="budget")
+
+
+def _datetime(value: object) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError("http.invalid_request", reason="timestamps are ISO 8601 strings")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationError("http.invalid_request", reason="timestamps are ISO 8601 strings") from None
+    if parsed.tzinfo is None:
+        raise ValidationError("http.invalid_request", reason="timestamps need a time zone")
+    return parsed
+
+
+async def _root(_request: Request) -> Response:
+    return JSONResponse({"service": "maaskit gateway"})
+
+
+def create_gateway(settings: Settings | None = None, *, app_service: AppService | None = None) -> Starlette:
+    """The reference gateway as a Starlette app (lifespan starts and stops the maaskit app)."""
+    service = app_service or create_app(settings)
+    gw = _Gateway(service)
+    routes = [
+        Route("/", _root),
+        Route("/health", mk.health),
+        Route("/v1/chat/completions", gw.chat_completions, methods=["POST"]),
+        Route("/v1/embeddings", gw.embeddings, methods=["POST"]),
+        Route("/v1/models", gw.models),
+        Route("/admin/keys", gw.create_key, methods=["POST"]),
+        Route("/admin/keys", gw.list_keys, methods=["GET"]),
+        Route("/admin/keys/{key_id}", gw.get_key, methods=["GET"]),
+        Route("/admin/keys/{key_id}/rotate", gw.rotate_key, methods=["POST"]),
+        Route("/admin/keys/{key_id}/revoke", gw.revoke_key, methods=["POST"]),
+        Route("/admin/keys/{key_id}/enable", gw.enable_key, methods=["POST"]),
+        Route("/admin/keys/{key_id}/disable", gw.enable_key, methods=["POST"]),
+        Route("/admin/keys/{key_id}/budget", gw.key_budget, methods=["PUT"]),
+        Route("/admin/usage", gw.usage_report, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=mk.lifespan(service))
+    mk.install(app)
+    app.state.maaskit_gateway = gw
+    return app
+
+
+
