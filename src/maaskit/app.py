@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, Protocol, Self, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, runtime_checkable
 
 import structlog
 
@@ -30,6 +30,16 @@ from maaskit.i18n import Localizer, default_localizer
 from maaskit.registry import HealthReport, Registry
 from maaskit.settings import Settings
 from maaskit.storage.sql.database import Database
+
+if TYPE_CHECKING:
+    from maaskit.services.admission import AdmissionService
+    from maaskit.services.ai_api import AiApiService
+    from maaskit.services.api_keys import ApiKeyService
+    from maaskit.services.cache import CacheService
+    from maaskit.services.pricing import PricingService
+    from maaskit.services.rate_limit import LimitsGate
+    from maaskit.services.settings import SettingsService
+    from maaskit.services.usage import UsageService
 
 __all__ = ["AppService", "BackgroundService", "build_registry", "create_app"]
 
@@ -153,7 +163,7 @@ class AppService:
             raise UnavailableError("app.not_started")
         return self.registry.get(service)
 
-    async def health(self, *, timeout: float | None = None) -> HealthReport:
+    async def health(self, *, timeout: float | None = None) -> HealthReport:  # noqa: ASYNC109
         """Ping every built service that can ping, concurrently, each with *timeout* seconds."""
         return await self.registry.health(timeout=timeout or self.settings.health_timeout)
 
@@ -173,6 +183,64 @@ class AppService:
     def localizer(self) -> Localizer:
         """Renders error messages in the caller's locale."""
         return self.registry.get(Localizer)
+
+    # -- service accessors (built on first use) -------------------------------------------------
+
+    @property
+    def cache(self) -> CacheService:
+        """The cache (memory or Redis)."""
+        from maaskit.services.cache import CacheService
+
+        return self.registry.get(CacheService)
+
+    @property
+    def settings_service(self) -> SettingsService:
+        """Settings plus dynamic overrides stored in the database."""
+        from maaskit.services.settings import SettingsService
+
+        return self.registry.get(SettingsService)
+
+    @property
+    def api_keys(self) -> ApiKeyService:
+        """API keys: create, validate, rotate, revoke."""
+        from maaskit.services.api_keys import ApiKeyService
+
+        return self.registry.get(ApiKeyService)
+
+    @property
+    def usage(self) -> UsageService:
+        """Usage metering and reports."""
+        from maaskit.services.usage import UsageService
+
+        return self.registry.get(UsageService)
+
+    @property
+    def pricing(self) -> PricingService:
+        """Model prices and exact costs."""
+        from maaskit.services.pricing import PricingService
+
+        return self.registry.get(PricingService)
+
+    @property
+    def limits(self) -> LimitsGate:
+        """Rate limits and budget reservations as one atomic step."""
+        from maaskit.services.rate_limit import LimitsGate
+
+        return self.registry.get(LimitsGate)
+
+    @property
+    def admission(self) -> AdmissionService:
+        """The gateway's hot path: admit and settle requests."""
+        from maaskit.services.admission import AdmissionService
+
+        return self.registry.get(AdmissionService)
+
+    @property
+    def ai_api(self) -> AiApiService:
+        """The OpenAI-compatible upstream client (needs ``MAASKIT_UPSTREAM_URL``)."""
+        from maaskit.services.ai_api import AiApiService
+
+        return self.registry.get(AiApiService)
 
 
 def create_app(

@@ -51,6 +51,56 @@ async def _health(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from maaskit.gateway import create_gateway
+
+    app = create_gateway(_settings(args))
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        loop="uvloop" if _has("uvloop") else "asyncio",
+        http="httptools" if _has("httptools") else "h11",
+        access_log=False,
+        log_level="warning",
+        lifespan="on",
+    )
+    return 0
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+async def _keys(args: argparse.Namespace) -> int:
+    from maaskit.app import create_app
+    from maaskit.gateway import key_to_dict
+    from maaskit.money import to_micros
+
+    async with create_app(_settings(args)) as app:
+        if args.keys_command == "create":
+            created = await app.api_keys.create(
+                args.owner,
+                team_id=args.team,
+                name=args.name,
+                allowed_models=tuple(m for m in (args.models or "").split(",") if m),
+                budget_micros=None if args.budget is None else to_micros(args.budget, field="budget"),
+                rpm_limit=args.rpm,
+                tpm_limit=args.tpm,
+            )
+            print(json.dumps({**key_to_dict(created.key), "secret": created.secret}, indent=2))
+        elif args.keys_command == "list":
+            keys = await app.api_keys.list(owner_id=args.owner, include_revoked=args.all)
+            print(json.dumps([key_to_dict(k) for k in keys], indent=2))
+        else:
+            print(json.dumps(key_to_dict(await app.api_keys.revoke(args.key_id)), indent=2))
+    return 0
+
+
 async def _demo(args: argparse.Namespace) -> int:
     from maaskit.demo import run_demo
 
@@ -72,6 +122,30 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--timeout", type=float, default=2.0, help="seconds per check")
     health.set_defaults(run=_health)
 
+    serve = sub.add_parser("serve", help="run the reference gateway (OpenAI-compatible) with uvicorn")
+    serve.add_argument("--database-url", help="overrides MAASKIT_DATABASE_URL")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=4200)
+    serve.set_defaults(run=_serve, sync=True)
+
+    keys = sub.add_parser("keys", help="create, list or revoke API keys")
+    keys.add_argument("--database-url", help="overrides MAASKIT_DATABASE_URL")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key and print its secret (shown once)")
+    create.add_argument("--owner", required=True)
+    create.add_argument("--team")
+    create.add_argument("--name", default="")
+    create.add_argument("--models", help="comma-separated allowed models (default: all)")
+    create.add_argument("--budget", help="budget in USD, e.g. 5.00")
+    create.add_argument("--rpm", type=int, help="requests per minute")
+    create.add_argument("--tpm", type=int, help="tokens per minute")
+    listing = keys_sub.add_parser("list", help="list keys")
+    listing.add_argument("--owner")
+    listing.add_argument("--all", action="store_true", help="include revoked keys")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("key_id")
+    keys.set_defaults(run=_keys)
+
     demo = sub.add_parser("demo", help="run the reference demo on embedded SQLite")
     demo.add_argument("--database-url", help="default: a SQLite file in a temporary directory")
     demo.set_defaults(run=_demo)
@@ -85,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     configure_logging(level="warning", stream=sys.stderr)
     try:
+        if getattr(args, "sync", False):
+            return int(args.run(args))
         return int(asyncio.run(args.run(args)))
     except MaasError as exc:
         print(f"error [{exc.code}]: {exc}", file=sys.stderr)

@@ -37,7 +37,7 @@ from maaskit.adapters import starlette as mk
 from maaskit.app import AppService, create_app
 from maaskit.errors import ForbiddenError, UnauthenticatedError, ValidationError
 from maaskit.money import from_micros, parse_micros, to_micros
-from maaskit.services.admission import AdmissionService
+from maaskit.services.admission import Admission, AdmissionService
 from maaskit.services.ai_api import AiApiService, ChatStream, Usage
 from maaskit.services.api_keys import ApiKey, ApiKeyService
 from maaskit.services.usage import UsageService
@@ -120,7 +120,7 @@ class _Gateway:
         body = await _json_body(request, self.settings.max_request_bytes)
         admission = await self.admission.admit(credential, body.get("model"), body)  # type: ignore[arg-type]
         upstream_body = admission.upstream_body(body)
-        headers = admission.headers()
+        headers = _headers(admission)
         if body.get("stream") is True:
             return await self._stream(admission, upstream_body, headers)
         try:
@@ -129,14 +129,20 @@ class _Gateway:
             await self.admission.release(admission, upstream=self.upstream_name)
             raise
         await self.admission.settle(admission, result.usage, upstream=self.upstream_name)
-        return Response(result.body, status_code=result.status, headers=headers, media_type="application/json")
+        return Response(
+            result.body, status_code=result.status, headers=headers, media_type="application/json"
+        )
 
-    async def _stream(self, admission: Any, upstream_body: dict[str, Any], headers: dict[str, str]) -> Response:
+    async def _stream(
+        self, admission: Any, upstream_body: dict[str, Any], headers: dict[str, str]
+    ) -> Response:
         stream: ChatStream
 
         async def settle(usage: Usage) -> None:
             status: Literal["ok", "cancelled"] = "ok" if stream.completed else "cancelled"
-            await self.admission.settle(admission, usage, status=status, streamed=True, upstream=self.upstream_name)
+            await self.admission.settle(
+                admission, usage, status=status, streamed=True, upstream=self.upstream_name
+            )
 
         stream = self.ai.stream_chat_completion(upstream_body, on_complete=settle)
         try:
@@ -166,7 +172,7 @@ class _Gateway:
             await self.admission.release(admission, upstream=self.upstream_name)
             raise
         await self.admission.settle(admission, result.usage, upstream=self.upstream_name)
-        return Response(result.body, headers=admission.headers(), media_type="application/json")
+        return Response(result.body, headers=_headers(admission), media_type="application/json")
 
     async def models(self, request: Request) -> Response:
         self._services()
@@ -278,11 +284,19 @@ class _Gateway:
         )
 
 
+def _headers(admission: Admission) -> dict[str, str]:
+    headers = admission.headers()
+    budget = admission.remaining.budget_micros
+    if budget is not None:
+        headers["x-maaskit-budget-remaining"] = str(from_micros(budget))
+    return headers
+
+
 def _optional(body: Mapping[str, Any], name: str, kind: type) -> Any:
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
         raise ValidationError("http.invalid_request", reason=f"{name} must be a {kind.__name__}")
     return value
 
@@ -342,6 +356,3 @@ def create_gateway(settings: Settings | None = None, *, app_service: AppService 
     mk.install(app)
     app.state.maaskit_gateway = gw
     return app
-
-
-

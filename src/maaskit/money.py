@@ -19,7 +19,16 @@ from typing import Final
 
 from maaskit.errors import ValidationError
 
-__all__ = ["MICROS_PER_UNIT", "MAX_MICROS", "Micros", "format_money", "from_micros", "parse_micros", "to_micros"]
+__all__ = [
+    "MAX_MICROS",
+    "MICROS_PER_UNIT",
+    "Micros",
+    "ceil_micros",
+    "format_money",
+    "from_micros",
+    "parse_micros",
+    "to_micros",
+]
 
 Micros = int
 MICROS_PER_UNIT: Final = 1_000_000
@@ -27,7 +36,9 @@ MICROS_PER_UNIT: Final = 1_000_000
 MAX_MICROS: Final = 2**63 - 1
 
 
-def to_micros(amount: Decimal | int | str, *, field: str = "amount", rounding: str = ROUND_HALF_EVEN) -> Micros:
+def to_micros(
+    amount: Decimal | int | str, *, field: str = "amount", rounding: str = ROUND_HALF_EVEN
+) -> Micros:
     """Convert a currency amount to integer micro-units.
 
     Args:
@@ -38,7 +49,7 @@ def to_micros(amount: Decimal | int | str, *, field: str = "amount", rounding: s
     Raises:
         ValidationError: ``money.invalid`` for floats, NaN, infinities, garbage or out-of-range values.
     """
-    if isinstance(amount, bool) or isinstance(amount, float):
+    if isinstance(amount, bool | float):
         raise ValidationError("money.invalid", field=field, reason="floats are not accepted for money")
     try:
         value = amount if isinstance(amount, Decimal) else Decimal(str(amount).strip())

@@ -43,7 +43,7 @@ def _check_url(value: str | None, schemes: tuple[str, ...]) -> str | None:
     parts = urlsplit(value)
     if parts.scheme not in schemes:
         raise ValueError(f"scheme must be one of {', '.join(schemes)}")
-    if parts.scheme in _HTTP_SCHEMES + ("redis", "rediss") and not parts.hostname:
+    if parts.scheme in (*_HTTP_SCHEMES, "redis", "rediss") and not parts.hostname:
         raise ValueError("the URL has no host")
     return value
 

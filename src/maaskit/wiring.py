@@ -16,13 +16,13 @@ from maaskit.clock import Clock
 from maaskit.services.admission import AdmissionService, DefaultAdmissionService
 from maaskit.services.ai_api import AiApiService, DefaultAiApiService
 from maaskit.services.api_keys import ApiKeyService, DefaultApiKeyService
+from maaskit.services.cache import CacheService
 from maaskit.services.pricing import ModelPrice, PricingService, StaticPricing
 from maaskit.services.rate_limit import DefaultLimitsGate, LimitsGate
-from maaskit.services.upstream import AiohttpTransport, RetryPolicy, Upstream, UpstreamTransport
-from maaskit.services.cache import CacheService
 from maaskit.services.settings import DefaultSettingsService, SettingsService
-from maaskit.settings import Settings
+from maaskit.services.upstream import AiohttpTransport, RetryPolicy, Upstream, UpstreamTransport
 from maaskit.services.usage import DefaultUsageService, UsageService
+from maaskit.settings import Settings
 from maaskit.storage.ports.api_keys import ApiKeyStore, KeyInvalidationBus
 from maaskit.storage.ports.limits import LimitsStore
 from maaskit.storage.ports.settings import SettingOverrideStore
@@ -32,7 +32,13 @@ from maaskit.storage.sql.database import Database
 if TYPE_CHECKING:
     from maaskit.registry import Registry
 
-__all__ = ["DEVELOPMENT_PEPPER", "RedisClient", "eager_services", "prices_from_settings", "wire_builtin_services"]
+__all__ = [
+    "DEVELOPMENT_PEPPER",
+    "RedisClient",
+    "eager_services",
+    "prices_from_settings",
+    "wire_builtin_services",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -207,7 +213,9 @@ def wire_builtin_services(registry: Registry, settings: Settings) -> None:
     registry.register_factory(ApiKeyService, _api_keys)
     registry.register_factory(PricingService, _pricing)
     backend = settings.effective_limits_backend
-    limits_factory = _redis_limits if backend == "redis" else _sql_limits if backend == "sql" else _memory_limits
+    limits_factory = (
+        _redis_limits if backend == "redis" else _sql_limits if backend == "sql" else _memory_limits
+    )
     registry.register_factory(LimitsStore, limits_factory)
     registry.register_factory(LimitsGate, _gate)
     registry.register_factory(UpstreamTransport, _transport)

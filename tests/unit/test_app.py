@@ -50,7 +50,7 @@ async def test_user_services_are_registered_with_configure() -> None:
 
 def test_configure_with_a_missing_dependency_fails_at_build_time() -> None:
     class Needs:
-        def __init__(self, missing: "MissingThing") -> None:  # noqa: F821
+        def __init__(self, missing: "MissingThing") -> None:
             pass
 
     class MissingThing:

@@ -35,4 +35,5 @@ async def test_demo_runs_on_embedded_sqlite() -> None:
     out = io.StringIO()
     assert await run_demo(out=out) == 0
     text = out.getvalue()
-    assert "migrated the schema" in text and "shut down cleanly" in text
+    assert "budget.exceeded" in text
+    assert "usage report" in text

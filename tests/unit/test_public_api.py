@@ -2,6 +2,8 @@ import importlib
 import subprocess
 import sys
 
+import pytest
+
 import maaskit
 import maaskit.testing
 
@@ -19,12 +21,8 @@ def test_every_public_name_resolves() -> None:
 
 
 def test_unknown_attribute_is_an_attribute_error() -> None:
-    try:
+    with pytest.raises(AttributeError, match="no_such_thing"):
         maaskit.no_such_thing  # noqa: B018
-    except AttributeError as exc:
-        assert "no_such_thing" in str(exc)
-    else:
-        raise AssertionError("expected AttributeError")
 
 
 def test_importing_maaskit_is_light() -> None:

@@ -15,7 +15,13 @@ from typing import Any
 
 from maaskit.errors import MaasError, UnauthenticatedError, http_status
 
-__all__ = ["MAX_AUTHORIZATION_LENGTH", "bearer_credential", "error_body", "error_response", "rate_limit_headers"]
+__all__ = [
+    "MAX_AUTHORIZATION_LENGTH",
+    "bearer_credential",
+    "error_body",
+    "error_response",
+    "rate_limit_headers",
+]
 
 #: Longer ``Authorization`` headers are refused before any parsing.
 MAX_AUTHORIZATION_LENGTH = 8192

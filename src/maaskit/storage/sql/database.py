@@ -25,7 +25,13 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.pool import StaticPool
 
 from maaskit.errors import UnavailableError, ValidationError
@@ -70,7 +76,9 @@ class Database:
         try:
             parsed = make_url(url)
         except sa.exc.ArgumentError:
-            raise ValidationError("config.invalid", setting="database_url", reason="not a database URL") from None
+            raise ValidationError(
+                "config.invalid", setting="database_url", reason="not a database URL"
+            ) from None
         self.dialect = parsed.get_backend_name()
         kwargs: dict[str, Any] = {"echo": echo}
         if self.dialect == "sqlite":
