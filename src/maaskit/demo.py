@@ -14,17 +14,16 @@ It needs no server and no network beyond 127.0.0.1.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import secrets
-import socket
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TextIO
 
 from maaskit.settings import Settings
+from maaskit.testing.gateway import running_gateway
 
 __all__ = ["DEMO_MODEL", "DEMO_PRICES", "run_demo"]
 
@@ -32,13 +31,6 @@ __all__ = ["DEMO_MODEL", "DEMO_PRICES", "run_demo"]
 DEMO_MODEL = "fake-model"
 DEMO_PRICES = {DEMO_MODEL: {"input": "10", "output": "30"}}
 _MAX_CALLS = 25
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.asynccontextmanager
@@ -54,36 +46,6 @@ async def _upstream() -> AsyncIterator[tuple[str, str, str]]:
     fake = FakeUpstream()
     async with fake.serve() as base_url:
         yield base_url, "sk-fake-upstream", f"FakeUpstream on {base_url}"
-
-
-@contextlib.asynccontextmanager
-async def _gateway(settings: Settings) -> AsyncIterator[str]:
-    import uvicorn
-
-    from maaskit.gateway import create_gateway
-
-    port = _free_port()
-    config = uvicorn.Config(
-        create_gateway(settings),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        for _ in range(200):  # bounded wait for start-up
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.025)
-        if not server.started:
-            raise RuntimeError("the gateway did not start")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def run_demo(*, database_url: str | None = None, out: TextIO) -> int:
@@ -111,7 +73,7 @@ async def run_demo(*, database_url: str | None = None, out: TextIO) -> int:
             say("maaskit demo: the reference gateway on embedded SQLite")
             say(f"  database: {url}")
             say(f"  upstream: {described}")
-            async with _gateway(settings) as base:
+            async with running_gateway(settings) as base:
                 say(f"  gateway:  {base} (OpenAI-compatible)")
                 say()
                 async with httpx.AsyncClient(base_url=base) as admin:
