@@ -13,20 +13,29 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from maaskit.clock import Clock
+from maaskit.services.access_requests import AccessRequestService, DefaultAccessRequestService
 from maaskit.services.admission import AdmissionService, DefaultAdmissionService
 from maaskit.services.ai_api import AiApiService, DefaultAiApiService
 from maaskit.services.api_keys import ApiKeyService, DefaultApiKeyService
+from maaskit.services.audit import AuditLog, DefaultAuditLog
+from maaskit.services.login_throttle import LoginThrottle, MemoryLoginThrottle
 from maaskit.services.cache import CacheService
 from maaskit.services.pricing import ModelPrice, PricingService, StaticPricing
 from maaskit.services.rate_limit import DefaultLimitsGate, LimitsGate
+from maaskit.services.rbac import DefaultRbacService, RbacService
 from maaskit.services.settings import DefaultSettingsService, SettingsService
 from maaskit.services.upstream import AiohttpTransport, RetryPolicy, Upstream, UpstreamTransport
 from maaskit.services.usage import DefaultUsageService, UsageService
+from maaskit.services.users import CredentialRevoker, DefaultUserService, UserService
+from maaskit.storage.ports.access_requests import AccessRequestStore
 from maaskit.settings import Settings
 from maaskit.storage.ports.api_keys import ApiKeyStore, KeyInvalidationBus
+from maaskit.storage.ports.audit import AuditStore
 from maaskit.storage.ports.limits import LimitsStore
+from maaskit.storage.ports.rbac import RbacStore
 from maaskit.storage.ports.settings import SettingOverrideStore
 from maaskit.storage.ports.usage import UsageStore
+from maaskit.storage.ports.users import UserStore
 from maaskit.storage.sql.database import Database
 
 if TYPE_CHECKING:
@@ -193,6 +202,75 @@ def _admission(
     )
 
 
+# -- identity and access ---------------------------------------------------------------------
+
+
+def _audit_store(database: Database) -> AuditStore:
+    from maaskit.storage.sql.audit import SqlAuditStore
+
+    return SqlAuditStore(database)
+
+
+def _rbac_store(database: Database) -> RbacStore:
+    from maaskit.storage.sql.rbac import SqlRbacStore
+
+    return SqlRbacStore(database)
+
+
+def _user_store(database: Database) -> UserStore:
+    from maaskit.storage.sql.users import SqlUserStore
+
+    return SqlUserStore(database)
+
+
+def _access_request_store(database: Database) -> AccessRequestStore:
+    from maaskit.storage.sql.access_requests import SqlAccessRequestStore
+
+    return SqlAccessRequestStore(database)
+
+
+def _audit(store: AuditStore, clock: Clock) -> AuditLog:
+    return DefaultAuditLog(store, clock)
+
+
+def _rbac(store: RbacStore, users: UserStore, audit: AuditLog, clock: Clock) -> RbacService:
+    return DefaultRbacService(store, users, audit, clock)
+
+
+def _throttle(clock: Clock) -> LoginThrottle:
+    return MemoryLoginThrottle(clock)
+
+
+class ApiKeyRevoker:
+    """Revokes every API key a user owns (a :class:`~maaskit.services.users.CredentialRevoker`)."""
+
+    def __init__(self, api_keys: ApiKeyService) -> None:
+        self._keys = api_keys
+
+    async def revoke_user_credentials(self, user_id: str) -> None:
+        """Revoke all of *user_id*'s keys that are not revoked yet."""
+        for key in await self._keys.list(owner_id=user_id):
+            await self._keys.revoke(key.id)
+
+
+def _users(
+    store: UserStore,
+    rbac: RbacService,
+    audit: AuditLog,
+    clock: Clock,
+    throttle: LoginThrottle,
+    api_keys: ApiKeyService,
+) -> UserService:
+    revokers: list[CredentialRevoker] = [ApiKeyRevoker(api_keys)]
+    return DefaultUserService(store, rbac, audit, clock, throttle=throttle, revokers=revokers)
+
+
+def _access_requests(
+    store: AccessRequestStore, users: UserStore, rbac: RbacService, audit: AuditLog, clock: Clock
+) -> AccessRequestService:
+    return DefaultAccessRequestService(store, users, rbac, audit, clock)
+
+
 def wire_builtin_services(registry: Registry, settings: Settings) -> None:
     """Register every built-in service on *registry*, backends chosen from *settings*."""
     if settings.redis_url:
@@ -221,6 +299,17 @@ def wire_builtin_services(registry: Registry, settings: Settings) -> None:
     registry.register_factory(UpstreamTransport, _transport)
     registry.register_factory(AiApiService, _ai_api)
     registry.register_factory(AdmissionService, _admission)
+
+    # identity and access
+    registry.register_factory(AuditStore, _audit_store)
+    registry.register_factory(RbacStore, _rbac_store)
+    registry.register_factory(UserStore, _user_store)
+    registry.register_factory(AccessRequestStore, _access_request_store)
+    registry.register_factory(AuditLog, _audit)
+    registry.register_factory(RbacService, _rbac)
+    registry.register_factory(LoginThrottle, _throttle)
+    registry.register_factory(UserService, _users)
+    registry.register_factory(AccessRequestService, _access_requests)
 
 
 def eager_services() -> tuple[type[Any], ...]:
