@@ -664,7 +664,10 @@ class DefaultUsageService:
         Args:
             start: first instant included (aware).
             end: first instant excluded (aware, after ``start``).
-            key_id, owner_id, team_id, model: optional filters (exact match).
+            key_id: only this key (exact match).
+            owner_id: only this owner.
+            team_id: only this team.
+            model: only this model.
             group_by: dimensions among ``key``, ``owner``, ``team``, ``model``, ``upstream``
                 and ``day`` (the UTC calendar day); empty for a single total row.
 

@@ -59,7 +59,10 @@ class Database:
     Args:
         url: ``sqlite+aiosqlite:///path.db``, ``sqlite+aiosqlite:///:memory:`` or
             ``postgresql+asyncpg://user@host/db``.
-        pool_size, max_overflow, pool_timeout, pool_recycle: connection-pool settings (PostgreSQL).
+        pool_size: connections kept open (PostgreSQL).
+        max_overflow: extra connections allowed under load (PostgreSQL).
+        pool_timeout: seconds to wait for a free connection (PostgreSQL).
+        pool_recycle: seconds after which a connection is replaced (PostgreSQL).
         echo: log every SQL statement (development only).
     """
 
