@@ -398,3 +398,51 @@ async def test_claims_reads_both_types_without_the_deny_list(svc: DefaultTokenSe
 
 async def test_ping(svc: DefaultTokenService) -> None:
     await svc.ping()
+
+
+# -- the verified-token cache ------------------------------------------------------------------
+
+
+async def test_cached_tokens_are_still_revoked_expired_and_exact(
+    svc: DefaultTokenService, clock: FakeClock
+) -> None:
+    issued = svc.issue_access("user-1", extra_claims={"tenant": "t1"})
+    first = await svc.validate_access(issued.token)
+    assert await svc.validate_access(issued.token) is first  # served from the cache
+    with pytest.raises(TypeError):
+        first.extra["tenant"] = "evil"  # type: ignore[index]
+    # A token that only shares a prefix with a cached one is verified from scratch.
+    head, body, sig = issued.token.split(".")
+    with pytest.raises(UnauthenticatedError):
+        await svc.validate_access(f"{head}.{body}.{sig[:-2]}AA")
+    with pytest.raises(UnauthenticatedError) as info:
+        await svc.refresh(issued.token)  # the cache never changes the type check
+    assert info.value.code == "tokens.wrong_type"
+    clock.advance(minutes=10, seconds=31)
+    with pytest.raises(UnauthenticatedError) as info:
+        await svc.validate_access(issued.token)
+    assert info.value.code == "tokens.expired"
+
+    other = svc.issue_access("user-1")
+    await svc.validate_access(other.token)
+    await svc.revoke(other.jti, other.expires_at)
+    with pytest.raises(UnauthenticatedError) as info:
+        await svc.validate_access(other.token)
+    assert info.value.code == "tokens.revoked"
+
+
+async def test_cache_can_be_disabled_and_is_bounded(hs_key: SigningKey, clock: FakeClock) -> None:
+    off = DefaultTokenService(
+        [hs_key], MemoryTokenStore(), issuer=ISS, audience=AUD, clock=clock, verified_cache_size=0
+    )
+    token = off.issue_access("u").token
+    assert await off.validate_access(token) == await off.validate_access(token)
+    assert off._verified == {}
+    small = DefaultTokenService(
+        [hs_key], MemoryTokenStore(), issuer=ISS, audience=AUD, clock=clock, verified_cache_size=3
+    )
+    for _ in range(10):
+        await small.validate_access(small.issue_access("u").token)
+        assert len(small._verified) <= 3
+    with pytest.raises(ValidationError):
+        DefaultTokenService([hs_key], MemoryTokenStore(), issuer=ISS, audience=AUD, verified_cache_size=-1)

@@ -42,6 +42,7 @@ import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
@@ -90,6 +91,7 @@ _MIN_HMAC_BYTES = 32
 _MIN_RSA_BITS = 2048
 _ACCESS_TYP = "at+jwt"
 _ALGORITHMS = get_default_algorithms()
+_HEADER_CACHE_SIZE = 64
 
 Algorithm = Literal["HS256", "ES256", "EdDSA", "RS256"]
 
@@ -215,6 +217,10 @@ def _tuple_of_str(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _readonly(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return value if isinstance(value, MappingProxyType) else MappingProxyType(dict(value))
+
+
 @attrs.frozen
 class IssuedToken:
     """A freshly issued token.
@@ -278,7 +284,7 @@ class Claims:
     roles: tuple[str, ...] = attrs.field(converter=_tuple_of_str, default=())
     kid: str = ""
     family_id: str | None = None
-    extra: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
+    extra: Mapping[str, Any] = attrs.field(factory=dict, hash=False, converter=_readonly)
 
 
 @runtime_checkable
@@ -397,6 +403,9 @@ class DefaultTokenService:
         leeway: tolerated clock skew (default 30 s).
         max_token_bytes: longer tokens are refused before parsing (default 8 KiB).
         check_revocation: consult the deny list in :meth:`validate_access` (default ``True``).
+        verified_cache_size: how many verified tokens to remember (keyed by the whole token, expiry
+            re-checked on every hit, deny list always consulted) so a bearer token presented again
+            skips the signature check; ``0`` disables it.
 
     Raises:
         ValidationError: ``tokens.no_signing_key``, ``tokens.duplicate_kid``, ``tokens.invalid_config``.
@@ -416,6 +425,7 @@ class DefaultTokenService:
         leeway: timedelta = DEFAULT_LEEWAY,
         max_token_bytes: int = MAX_TOKEN_BYTES,
         check_revocation: bool = True,
+        verified_cache_size: int = 10_000,
     ) -> None:
         by_kid: dict[str, SigningKey] = {}
         for key in keys:
@@ -449,6 +459,17 @@ class DefaultTokenService:
         self._leeway = leeway.total_seconds()
         self._max_bytes = max_token_bytes
         self._check_revocation = check_revocation
+        # Parsed headers of recently seen tokens, keyed by the header segment: the few distinct
+        # headers this service issues are parsed once. Only the kid lookup uses it; jwt.decode
+        # still parses and verifies the whole token.
+        self._header_cache: dict[str, dict[str, Any]] = {}
+        # Claims of tokens that passed every signature and claim check, keyed by the exact token
+        # (never a prefix): a repeated bearer token costs a dict lookup plus the time checks. The
+        # deny list is still consulted on every call; 0 disables the cache.
+        if verified_cache_size < 0:
+            raise ValidationError("tokens.invalid_config", reason="verified_cache_size must be >= 0")
+        self._verified_max = verified_cache_size
+        self._verified: dict[str, tuple[Claims, dict[str, Any]]] = {}
 
     def __repr__(self) -> str:
         return (
@@ -611,10 +632,7 @@ class DefaultTokenService:
             raise _fail("tokens.malformed")
         if raw_len > self._max_bytes:
             raise _fail("tokens.too_large", limit=self._max_bytes)
-        try:
-            header = jwt.get_unverified_header(token)
-        except Exception:
-            raise _fail("tokens.malformed") from None
+        header = self._header(token)
         try:
             kid = header.get("kid")
             key = self._keys.get(kid) if isinstance(kid, str) else None
@@ -654,6 +672,21 @@ class DefaultTokenService:
             raise _fail("tokens.invalid") from None
         self._check_times(payload)
         return header, payload, key
+
+    def _header(self, token: str | bytes) -> dict[str, Any]:
+        segment = token.partition(".")[0] if isinstance(token, str) else ""
+        cached = self._header_cache.get(segment) if segment else None
+        if cached is not None:
+            return cached
+        try:
+            header = jwt.get_unverified_header(token)
+        except Exception:
+            raise _fail("tokens.malformed") from None
+        if segment and isinstance(header.get("kid"), str) and header["kid"] in self._keys:
+            if len(self._header_cache) >= _HEADER_CACHE_SIZE:
+                self._header_cache.clear()
+            self._header_cache[segment] = header
+        return header
 
     def _check_times(self, payload: Mapping[str, Any]) -> None:
         exp, iat, nbf = payload["exp"], payload["iat"], payload.get("nbf")
@@ -696,6 +729,11 @@ class DefaultTokenService:
         )
 
     def _verify(self, token: Any, token_use: str) -> Claims:
+        if isinstance(token, str):
+            hit = self._verified.get(token)
+            if hit is not None and hit[0].token_use == token_use:
+                self._check_times(hit[1])
+                return hit[0]
         header, payload, key = self._decode(token, self._any_audience)
         if payload.get("token_use") != token_use:
             raise _fail("tokens.wrong_type")
@@ -707,6 +745,10 @@ class DefaultTokenService:
         expected = self._audiences if token_use == ACCESS else (self._issuer,)
         if not any(aud in expected for aud in claims.audience):
             raise _fail("tokens.invalid_audience")
+        if self._verified_max and isinstance(token, str):
+            if len(self._verified) >= self._verified_max:
+                self._verified.clear()
+            self._verified[token] = (claims, {k: payload[k] for k in ("exp", "iat", "nbf") if k in payload})
         return claims
 
     async def validate_access(self, token: str) -> Claims:
