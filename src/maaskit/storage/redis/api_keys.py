@@ -46,6 +46,7 @@ DEFAULT_CHANNEL = "maaskit:api_keys:invalidate"
 log = structlog.get_logger(__name__)
 
 _RECONNECTABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+_CLOSE_TIMEOUT = 2.0
 
 
 def _text(value: Any) -> str:
@@ -147,15 +148,18 @@ class RedisKeyInvalidationBus:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Bounded: closing a pub/sub connection that Redis just dropped can stall in redis-py.
+            done, _ = await asyncio.wait({task}, timeout=_CLOSE_TIMEOUT)
+            if not done:
+                log.warning("api_key.invalidation_listener_stop_timeout", channel=self._channel)
         if self._close_client:
-            await self._redis.aclose()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._redis.aclose(), _CLOSE_TIMEOUT)
 
     async def _run(self) -> None:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_RECONNECTABLE),
-            wait=wait_exponential_jitter(initial=0.05, max=self._reconnect_max_wait),
+            wait=wait_exponential_jitter(multiplier=0.05, max=self._reconnect_max_wait),
             before_sleep=self._before_reconnect,
             reraise=True,
         )
