@@ -75,7 +75,7 @@ __all__ = [
 _log = structlog.get_logger(__name__)
 
 #: The fields a sync copies from upstream (and that local edits may override).
-SYNCED_FIELDS: Final = (
+SYNCED_FIELDS: Final[tuple[str, ...]] = (
     "provider",
     "upstream_model",
     "input_price",
@@ -101,6 +101,10 @@ class ConflictPolicy(StrEnum):
     REMOTE_WINS = "remote_wins"
     LOCAL_WINS = "local_wins"
     REPORT_ONLY = "report_only"
+
+
+def _names(value: Iterable[str]) -> frozenset[str]:
+    return frozenset(value)
 
 
 def _caps(value: Iterable[str]) -> frozenset[str]:
@@ -136,7 +140,7 @@ class CatalogModel:
     max_output_tokens: int | None = None
     capabilities: frozenset[str] = attrs.field(default=frozenset(), converter=_caps)
     available: bool = True
-    local_overrides: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    local_overrides: frozenset[str] = attrs.field(default=frozenset(), converter=_names)
     source: str = "static"
     created_at: datetime | None = None
     updated_at: datetime | None = None
@@ -534,7 +538,7 @@ class DefaultModelCatalog:
         if not changes:
             return old
         new = attrs.evolve(old, **changes)  # validates
-        new = attrs.evolve(new, local_overrides=old.local_overrides | frozenset(changes))
+        new = attrs.evolve(new, local_overrides=old.local_overrides | frozenset(changes.keys()))
         if new != old:
             new = attrs.evolve(new, updated_at=self._clock.now())
             await self._store.apply((), (new,))

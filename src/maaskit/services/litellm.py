@@ -31,7 +31,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Any, Final, NoReturn, Protocol, runtime_checkable
+from typing import Any, Final, NoReturn, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlencode
 
 import attrs
@@ -95,6 +95,8 @@ _MAX_ID_LEN: Final = 256
 #: paths, no backslashes, no empty segments, no URL schemes (``http://`` has an empty segment).
 _ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]*(?:/[A-Za-z0-9][A-Za-z0-9._:@+=-]*)*$")
 _MAX_BODY: Final = 256 * 1024 * 1024
+_T = TypeVar("_T")
+_DEFAULT_TIMEOUTS: Final = Timeouts(connect=5.0, read=30.0, total=60.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -562,7 +564,7 @@ class LiteLLMConfig:
 
     base_url: str = attrs.field(converter=_check_base_url)
     master_key: Any = attrs.field(repr=False)
-    timeouts: Timeouts = Timeouts(connect=5.0, read=30.0, total=60.0)
+    timeouts: Timeouts = _DEFAULT_TIMEOUTS
     name: str = "litellm"
 
     @classmethod
@@ -946,9 +948,9 @@ class DefaultLiteLLMService:
         path: str,
         *,
         body: Mapping[str, Any] | None = None,
-        parse: Callable[[Any], Any] | None = None,
-        parse_body: Callable[[bytes], Any] | None = None,
-    ) -> Any:
+        parse: Callable[[Any], _T] | None = None,
+        parse_body: Callable[[bytes], _T] | None = None,
+    ) -> _T:
         breaker = self._breaker
         probe = breaker.before_call()
         url = self._upstream.url(path)
@@ -986,7 +988,8 @@ class DefaultLiteLLMService:
                     data = decode_json(resp.body)
                 except (ValueError, RecursionError):
                     raise _invalid(self.name, "the body is not JSON") from None
-                result = parse(data) if parse is not None else data
+                assert parse is not None
+                result = parse(data)
         except UpstreamError:
             breaker.record_failure(probe)
             raise
@@ -1027,10 +1030,7 @@ class DefaultLiteLLMService:
         message: Any = None
         if isinstance(data, Mapping):
             error = data.get("error", data.get("detail"))
-            if isinstance(error, Mapping):
-                message = error.get("message", error.get("error"))
-            else:
-                message = error
+            message = error.get("message", error.get("error")) if isinstance(error, Mapping) else error
         if not isinstance(message, str) or not message:
             return "no reason given"
         key = self._upstream.api_key
@@ -1077,8 +1077,8 @@ def _fields(fields: Mapping[str, Any], allowed: frozenset[str]) -> dict[str, Any
     return out
 
 
-def _obj(name: str, build: Callable[[Mapping[str, Any]], Any]) -> Callable[[Any], Any]:
-    def parse(data: Any) -> Any:
+def _obj(name: str, build: Callable[[Mapping[str, Any]], _T]) -> Callable[[Any], _T]:
+    def parse(data: Any) -> _T:
         if not isinstance(data, Mapping):
             raise _invalid(name, "expected an object")
         return build(data)

@@ -40,7 +40,7 @@ import asyncio
 import hashlib
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -75,7 +75,9 @@ def _json(status: int, data: Any) -> FakeLiteLLMReply:
 
 
 def _error(status: int, message: str) -> FakeLiteLLMReply:
-    return _json(status, {"error": {"message": message, "type": "fake_litellm", "param": None, "code": str(status)}})
+    return _json(
+        status, {"error": {"message": message, "type": "fake_litellm", "param": None, "code": str(status)}}
+    )
 
 
 class _Stalled(Exception):
@@ -175,7 +177,9 @@ class FakeLiteLLM:
         """Answer 200 with an HTML page (a login wall, a misrouted ingress)."""
         for _ in range(times):
             self._script.append(
-                FakeLiteLLMReply(200, b"<!doctype html><html><body>Sign in</body></html>", {"content-type": "text/html"})
+                FakeLiteLLMReply(
+                    200, b"<!doctype html><html><body>Sign in</body></html>", {"content-type": "text/html"}
+                )
             )
 
     def truncate_next(self, times: int = 1) -> None:
@@ -202,7 +206,9 @@ class FakeLiteLLM:
 
     # -- the handler ----------------------------------------------------------------------
 
-    async def handle(self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes) -> FakeLiteLLMReply:
+    async def handle(
+        self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes
+    ) -> FakeLiteLLMReply:
         """Answer one request (shared by both front ends)."""
         self.requests.append((method, path))
         if self.latency:
@@ -239,7 +245,12 @@ class FakeLiteLLM:
                 200,
                 {
                     "data": [
-                        {"id": name, "object": "model", "created": 1677610602, "owned_by": e["model_info"]["litellm_provider"]}
+                        {
+                            "id": name,
+                            "object": "model",
+                            "created": 1677610602,
+                            "owned_by": e["model_info"]["litellm_provider"],
+                        }
                         for name, e in self.models.items()
                     ],
                     "object": "list",
@@ -247,7 +258,7 @@ class FakeLiteLLM:
             )
         if route in (("GET", "/model/info"), ("GET", "/v1/model/info")):
             return _json(200, {"data": list(self.models.values())})
-        handler = {
+        handlers: dict[tuple[str, str], Callable[[dict[str, Any]], FakeLiteLLMReply]] = {
             ("POST", "/key/generate"): self._key_generate,
             ("POST", "/key/update"): self._key_update,
             ("POST", "/key/delete"): self._key_delete,
@@ -258,7 +269,8 @@ class FakeLiteLLM:
             ("GET", "/team/info"): lambda d: self._team_info(args),
             ("POST", "/user/new"): self._user_new,
             ("GET", "/user/info"): lambda d: self._user_info(args),
-        }.get(route)
+        }
+        handler = handlers.get(route)
         if handler is None:
             return _json(404, {"detail": "Not Found"})
         return handler(data)
@@ -407,7 +419,9 @@ class FakeLiteLLM:
         self._release = asyncio.Event()
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._web_handler)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True, shutdown_timeout=1.0)
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, handler_cancellation=True, shutdown_timeout=1.0
+        )
         await runner.setup()
         try:
             site = web.TCPSite(runner, host, port)
@@ -422,7 +436,9 @@ class FakeLiteLLM:
 
         body = await request.read()
         try:
-            reply = await self.handle(request.method, request.path, request.query_string, request.headers, body)
+            reply = await self.handle(
+                request.method, request.path, request.query_string, request.headers, body
+            )
         except _Stalled:
             await self._release.wait()
             return web.Response(status=503)

@@ -241,7 +241,9 @@ class SqlSyncRunStore:
         c = _runs.c
         async with self._db.connect() as conn:
             rows = (
-                await conn.execute(sa.select(_runs).order_by(c.started_at.desc(), c.run_id.desc()).limit(limit))
+                await conn.execute(
+                    sa.select(_runs).order_by(c.started_at.desc(), c.run_id.desc()).limit(limit)
+                )
             ).all()
         return [
             SyncRun(

@@ -34,7 +34,9 @@ class CatalogModelRow(MaasTable, table=True):
     source: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
     created_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
     updated_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
-    unavailable_since: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime(), nullable=True))
+    unavailable_since: datetime | None = Field(
+        default=None, sa_column=sa.Column(UTCDateTime(), nullable=True)
+    )
 
 
 class SyncLockRow(MaasTable, table=True):
