@@ -278,9 +278,11 @@ async def test_bad_idempotency_keys_refused(keys: DefaultApiKeyService, idem: ob
     assert (await keys.get(created.key.id)).rotation_counter == 0
 
 
-async def test_get_list_and_not_found(keys: DefaultApiKeyService) -> None:
+async def test_get_list_and_not_found(keys: DefaultApiKeyService, clock: FakeClock) -> None:
     a = await keys.create("alice", name="a", team_id="t")
+    clock.advance(1)  # list() orders by created_at, then id
     b = await keys.create("bob", name="b")
+    clock.advance(1)
     c = await keys.create("alice", name="c")
     await keys.revoke(c.key.id)
     assert await keys.get(a.key.id) == a.key
