@@ -120,7 +120,7 @@ def check_model_id(value: object) -> str:
         raise ValidationError("catalog.invalid_model_id", reason=f"longer than {_MAX_ID_LEN} characters")
     if "://" in value:
         raise ValidationError("catalog.invalid_model_id", reason="looks like a URL")
-    if not _ID_RE.match(value):
+    if not _ID_RE.fullmatch(value):
         raise ValidationError(
             "catalog.invalid_model_id", reason="path separators, traversal, spaces or control characters"
         )
