@@ -81,7 +81,8 @@ async def test_model_info_parses_prices_as_exact_decimals(fake: FakeLiteLLM) -> 
 
 def test_decode_json_never_produces_floats() -> None:
     data = decode_json(b'{"a": 1.5e-07, "b": [0.1, 2], "c": NaN}')
-    assert data["a"] == Decimal("1.5e-07") and data["b"][0] == Decimal("0.1")
+    assert data["a"] == Decimal("1.5e-07")
+    assert data["b"][0] == Decimal("0.1")
     assert data["c"].is_nan()
 
 
@@ -219,7 +220,8 @@ async def test_master_key_never_leaks(fake: FakeLiteLLM) -> None:
     fake.raw_next(f'{{"error": {{"message": "bad key {MASTER}"}}}}', status=400)
     with pytest.raises(ValidationError) as info:
         await service.get_models()
-    assert MASTER not in str(info.value) and MASTER not in repr(info.value)
+    assert MASTER not in str(info.value)
+    assert MASTER not in repr(info.value)
     wrong = DefaultLiteLLMService(
         LiteLLMConfig(base_url=fake.base_url, master_key="sk-wrong"),
         httpx.AsyncClient(transport=fake.httpx_transport()),
@@ -253,7 +255,8 @@ async def test_fallback_catalog_only_when_configured(fake: FakeLiteLLM) -> None:
     ]
     fake.fail_next(500)
     snapshot = await make(fake, fallback=fallback).fetch_models()
-    assert snapshot.is_fallback and snapshot.source == "fallback"
+    assert snapshot.is_fallback
+    assert snapshot.source == "fallback"
     assert [m.model_name for m in snapshot.models] == ["dev-model"]
     with pytest.raises(ValidationError):
         make(fake, fallback=fallback * 2)
@@ -262,10 +265,12 @@ async def test_fallback_catalog_only_when_configured(fake: FakeLiteLLM) -> None:
 async def test_key_team_user_management(fake: FakeLiteLLM) -> None:
     service = make(fake)
     key = await service.generate_key(key_alias="ci", models=["gpt-cheap"], max_budget=Decimal("12.5"))
-    assert key.key is not None and key.key not in repr(key)
+    assert key.key is not None
+    assert key.key not in repr(key)
     assert fake.keys[key.token or ""]["max_budget"] == Decimal("12.5")
     info = await service.key_info(key.key)
-    assert info.models == ("gpt-cheap",) and info.max_budget == Decimal("12.5")
+    assert info.models == ("gpt-cheap",)
+    assert info.max_budget == Decimal("12.5")
     assert all(key.key not in path for _m, path in fake.requests)  # the raw key never in a URL
     updated = await service.update_key(key.key, max_budget=Decimal(20))
     assert updated.max_budget == Decimal(20)
@@ -306,7 +311,8 @@ async def test_connection_check_never_raises_for_a_dead_proxy() -> None:
         httpx.AsyncClient(transport=httpx.MockTransport(handler)),
     )
     check = await service.test_connection()
-    assert not check.ok and check.error == "litellm.unreachable"
+    assert not check.ok
+    assert check.error == "litellm.unreachable"
     with pytest.raises(MaasError):
         await service.ping()
 
@@ -319,4 +325,5 @@ def test_config_from_settings_requires_url_and_key() -> None:
     cfg = LiteLLMConfig.from_settings(
         Settings(litellm_url="http://127.0.0.1:4000", litellm_master_key=MASTER)
     )
-    assert cfg.base_url == "http://127.0.0.1:4000" and MASTER not in repr(cfg)
+    assert cfg.base_url == "http://127.0.0.1:4000"
+    assert MASTER not in repr(cfg)
