@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     signing_secret: SecretStr | None = None
     key_pepper: SecretStr | None = None
     master_key: SecretStr | None = None
+    master_key_id: str = Field(default="k1", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     admin_token: SecretStr | None = None
     admin_password: SecretStr | None = None
 

@@ -7,6 +7,8 @@ SQL or Redis, depending on the settings. Services themselves only see Protocols.
 from __future__ import annotations
 
 import hashlib
+import secrets
+from datetime import timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -18,22 +20,29 @@ from maaskit.services.admission import AdmissionService, DefaultAdmissionService
 from maaskit.services.ai_api import AiApiService, DefaultAiApiService
 from maaskit.services.api_keys import ApiKeyService, DefaultApiKeyService
 from maaskit.services.audit import AuditLog, DefaultAuditLog
-from maaskit.services.login_throttle import LoginThrottle, MemoryLoginThrottle
 from maaskit.services.cache import CacheService
+from maaskit.services.keyring import DefaultKeyringService, KeyringService
+from maaskit.services.login_throttle import LoginThrottle, MemoryLoginThrottle
 from maaskit.services.pricing import ModelPrice, PricingService, StaticPricing
 from maaskit.services.rate_limit import DefaultLimitsGate, LimitsGate
 from maaskit.services.rbac import DefaultRbacService, RbacService
+from maaskit.services.secrets import DefaultSecretService, MasterKey, SecretService
+from maaskit.services.sessions import DefaultSessionService, SessionService
 from maaskit.services.settings import DefaultSettingsService, SettingsService
+from maaskit.services.tokens import DefaultTokenService, SigningKey, TokenService
 from maaskit.services.upstream import AiohttpTransport, RetryPolicy, Upstream, UpstreamTransport
 from maaskit.services.usage import DefaultUsageService, UsageService
 from maaskit.services.users import CredentialRevoker, DefaultUserService, UserService
-from maaskit.storage.ports.access_requests import AccessRequestStore
 from maaskit.settings import Settings
+from maaskit.storage.ports.access_requests import AccessRequestStore
 from maaskit.storage.ports.api_keys import ApiKeyStore, KeyInvalidationBus
 from maaskit.storage.ports.audit import AuditStore
 from maaskit.storage.ports.limits import LimitsStore
 from maaskit.storage.ports.rbac import RbacStore
+from maaskit.storage.ports.secrets import SecretStore
+from maaskit.storage.ports.sessions import SessionStore
 from maaskit.storage.ports.settings import SettingOverrideStore
+from maaskit.storage.ports.tokens import TokenStore
 from maaskit.storage.ports.usage import UsageStore
 from maaskit.storage.ports.users import UserStore
 from maaskit.storage.sql.database import Database
@@ -253,6 +262,28 @@ class ApiKeyRevoker:
             await self._keys.revoke(key.id)
 
 
+class SessionRevoker:
+    """Destroys every session of a user (a :class:`~maaskit.services.users.CredentialRevoker`)."""
+
+    def __init__(self, sessions: SessionService) -> None:
+        self._sessions = sessions
+
+    async def revoke_user_credentials(self, user_id: str) -> None:
+        """Destroy all of *user_id*'s sessions."""
+        await self._sessions.destroy_user_sessions(user_id)
+
+
+class TokenRevoker:
+    """Revokes every refresh-token family of a user (a :class:`~maaskit.services.users.CredentialRevoker`)."""
+
+    def __init__(self, tokens: TokenService) -> None:
+        self._tokens = tokens
+
+    async def revoke_user_credentials(self, user_id: str) -> None:
+        """Revoke all of *user_id*'s refresh-token families."""
+        await self._tokens.revoke_subject(user_id)
+
+
 def _users(
     store: UserStore,
     rbac: RbacService,
@@ -260,9 +291,101 @@ def _users(
     clock: Clock,
     throttle: LoginThrottle,
     api_keys: ApiKeyService,
+    sessions: SessionService,
+    tokens: TokenService,
 ) -> UserService:
-    revokers: list[CredentialRevoker] = [ApiKeyRevoker(api_keys)]
+    revokers: list[CredentialRevoker] = [
+        SessionRevoker(sessions),
+        TokenRevoker(tokens),
+        ApiKeyRevoker(api_keys),
+    ]
     return DefaultUserService(store, rbac, audit, clock, throttle=throttle, revokers=revokers)
+
+
+def _derive(secret: bytes, purpose: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"maaskit:" + purpose).derive(secret)
+
+
+def _signing_secret(settings: Settings) -> bytes:
+    """``MAASKIT_SIGNING_SECRET``; outside production a random per-process one when unset."""
+    if settings.signing_secret is not None:
+        return settings.signing_secret.get_secret_value().encode()
+    log.warning("tokens.ephemeral_signing_secret", hint="set MAASKIT_SIGNING_SECRET (32+ random bytes)")
+    return _EPHEMERAL_SECRET
+
+
+_EPHEMERAL_SECRET = secrets.token_bytes(32)
+
+
+def _token_store(database: Database) -> TokenStore:
+    from maaskit.storage.sql.tokens import SqlTokenStore
+
+    return SqlTokenStore(database)
+
+
+def _redis_token_store(redis: RedisClient) -> TokenStore:
+    from maaskit.storage.redis.tokens import RedisTokenStore
+
+    return RedisTokenStore(redis)  # type: ignore[arg-type]
+
+
+def _session_store(database: Database) -> SessionStore:
+    from maaskit.storage.sql.sessions import SqlSessionStore
+
+    return SqlSessionStore(database)
+
+
+def _redis_session_store(redis: RedisClient) -> SessionStore:
+    from maaskit.storage.redis.sessions import RedisSessionStore
+
+    return RedisSessionStore(redis)  # type: ignore[arg-type]
+
+
+def _tokens(settings: Settings, store: TokenStore, clock: Clock) -> TokenService:
+    key = SigningKey.hs256(_derive(_signing_secret(settings), b"jwt-hs256"), kid="hs1")
+    return DefaultTokenService(
+        [key],
+        store,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        clock=clock,
+        access_ttl=timedelta(seconds=settings.access_token_ttl),
+        refresh_ttl=timedelta(seconds=settings.refresh_token_ttl),
+    )
+
+
+def _sessions(settings: Settings, store: SessionStore, clock: Clock) -> SessionService:
+    return DefaultSessionService(
+        store,
+        clock=clock,
+        idle_timeout=timedelta(seconds=settings.session_idle_timeout),
+        absolute_timeout=timedelta(seconds=settings.session_absolute_timeout),
+        csrf_key=_derive(_signing_secret(settings), b"csrf"),
+    )
+
+
+def _secret_store(database: Database) -> SecretStore:
+    from maaskit.storage.sql.secrets import SqlSecretStore
+
+    return SqlSecretStore(database)
+
+
+def _secrets(settings: Settings, store: SecretStore, clock: Clock) -> SecretService:
+    if settings.master_key is None:
+        from maaskit.errors import ValidationError
+
+        raise ValidationError(
+            "config.invalid", setting="MAASKIT_MASTER_KEY", reason="MAASKIT_MASTER_KEY is needed for secrets"
+        )
+    master = MasterKey(settings.master_key.get_secret_value().encode(), key_id=settings.master_key_id)
+    return DefaultSecretService(store, master, clock=clock)
+
+
+def _keyring() -> KeyringService:
+    return DefaultKeyringService()
 
 
 def _access_requests(
@@ -308,6 +431,17 @@ def wire_builtin_services(registry: Registry, settings: Settings) -> None:
     registry.register_factory(AuditLog, _audit)
     registry.register_factory(RbacService, _rbac)
     registry.register_factory(LoginThrottle, _throttle)
+    if settings.redis_url:
+        registry.register_factory(TokenStore, _redis_token_store)
+        registry.register_factory(SessionStore, _redis_session_store)
+    else:
+        registry.register_factory(TokenStore, _token_store)
+        registry.register_factory(SessionStore, _session_store)
+    registry.register_factory(TokenService, _tokens)
+    registry.register_factory(SessionService, _sessions)
+    registry.register_factory(SecretStore, _secret_store)
+    registry.register_factory(SecretService, _secrets)
+    registry.register_factory(KeyringService, _keyring)
     registry.register_factory(UserService, _users)
     registry.register_factory(AccessRequestService, _access_requests)
 
