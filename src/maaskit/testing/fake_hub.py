@@ -29,7 +29,7 @@ import hashlib
 import hmac
 import re
 from collections import deque
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Self
 from urllib.parse import unquote
 
 import attrs
@@ -196,8 +196,7 @@ class FakeHub:
         site = web.TCPSite(runner, self._host, self._port)
         await site.start()
         self._runner = runner
-        sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr]
-        port = sockets[0].getsockname()[1]
+        port = runner.addresses[0][1]
         host = f"[{self._host}]" if ":" in self._host else self._host
         self.endpoint = f"http://{host}:{port}"
         return self.endpoint
@@ -314,7 +313,7 @@ class FakeHub:
         return response
 
 
-def _error(status: int, code: str, message: str) -> Any:
+def _error(status: int, code: str, message: str) -> web.Response:
     from aiohttp import web
 
     return web.Response(
