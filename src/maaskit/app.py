@@ -32,14 +32,22 @@ from maaskit.settings import Settings
 from maaskit.storage.sql.database import Database
 
 if TYPE_CHECKING:
+    from maaskit.services.access_requests import AccessRequestService
     from maaskit.services.admission import AdmissionService
     from maaskit.services.ai_api import AiApiService
     from maaskit.services.api_keys import ApiKeyService
+    from maaskit.services.audit import AuditLog
     from maaskit.services.cache import CacheService
+    from maaskit.services.keyring import KeyringService
     from maaskit.services.pricing import PricingService
     from maaskit.services.rate_limit import LimitsGate
+    from maaskit.services.rbac import RbacService
+    from maaskit.services.secrets import SecretService
+    from maaskit.services.sessions import SessionService
     from maaskit.services.settings import SettingsService
+    from maaskit.services.tokens import TokenService
     from maaskit.services.usage import UsageService
+    from maaskit.services.users import UserService
 
 __all__ = ["AppService", "BackgroundService", "build_registry", "create_app"]
 
@@ -241,6 +249,62 @@ class AppService:
         from maaskit.services.ai_api import AiApiService
 
         return self.registry.get(AiApiService)
+
+    @property
+    def users(self) -> UserService:
+        """Users, passwords and login."""
+        from maaskit.services.users import UserService
+
+        return self.registry.get(UserService)
+
+    @property
+    def rbac(self) -> RbacService:
+        """Roles and permissions."""
+        from maaskit.services.rbac import RbacService
+
+        return self.registry.get(RbacService)
+
+    @property
+    def audit(self) -> AuditLog:
+        """The append-only audit log."""
+        from maaskit.services.audit import AuditLog
+
+        return self.registry.get(AuditLog)
+
+    @property
+    def access_requests(self) -> AccessRequestService:
+        """Users asking for access; admins approving or rejecting."""
+        from maaskit.services.access_requests import AccessRequestService
+
+        return self.registry.get(AccessRequestService)
+
+    @property
+    def tokens(self) -> TokenService:
+        """Access and refresh JWTs."""
+        from maaskit.services.tokens import TokenService
+
+        return self.registry.get(TokenService)
+
+    @property
+    def sessions(self) -> SessionService:
+        """Browser sessions, CSRF tokens and OAuth state."""
+        from maaskit.services.sessions import SessionService
+
+        return self.registry.get(SessionService)
+
+    @property
+    def secrets(self) -> SecretService:
+        """Encrypted secrets at rest (needs ``MAASKIT_MASTER_KEY``)."""
+        from maaskit.services.secrets import SecretService
+
+        return self.registry.get(SecretService)
+
+    @property
+    def keyring(self) -> KeyringService:
+        """The OS credential store."""
+        from maaskit.services.keyring import KeyringService
+
+        return self.registry.get(KeyringService)
 
 
 def create_app(
