@@ -56,7 +56,9 @@ async def store(backend: tuple[str, str]) -> AsyncIterator[DownloadStore]:
 
 def _record(clock: FakeClock, i: int, status: str = "pending", repo: str = "acme/a") -> DownloadRecord:
     now = clock.now() + timedelta(seconds=i)
-    return DownloadRecord(f"dl_{i:03d}", repo, f"f{i}.gguf", "main", status, now, now, endpoint="http://127.0.0.1:1")
+    return DownloadRecord(
+        f"dl_{i:03d}", repo, f"f{i}.gguf", "main", status, now, now, endpoint="http://127.0.0.1:1"
+    )
 
 
 async def test_insert_get_update_delete(store: DownloadStore, clock: FakeClock) -> None:
@@ -120,7 +122,9 @@ async def test_pending_request_survives_restart(sql_db: Database, clock: FakeClo
         fake.add_file("acme/r", "m.gguf", data)
         now = clock.now()
         await SqlDownloadStore(sql_db).insert(
-            DownloadRecord("dl_left", "acme/r", "m.gguf", "main", "running", now, now, 10, 5, None, fake.endpoint)
+            DownloadRecord(
+                "dl_left", "acme/r", "m.gguf", "main", "running", now, now, 10, 5, None, fake.endpoint
+            )
         )
         # a new process: a new service over the same database
         hub = DefaultHubService(SqlDownloadStore(sql_db), clock, cache_dir=tmp_path)

@@ -144,10 +144,16 @@ async def test_gated_without_and_with_token(fake: FakeHub, hub: DefaultHubServic
 
 
 async def test_token_never_in_repr_errors_or_logs(
-    fake: FakeHub, store: MemoryDownloadStore, clock: FakeClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    fake: FakeHub,
+    store: MemoryDownloadStore,
+    clock: FakeClock,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     fake.add_file(REPO, FILE, DATA, gated=True, token="hf_right")
-    hub = DefaultHubService(store, clock, cache_dir=tmp_path, endpoint=fake.endpoint, token="hf_TOPSECRET_123")
+    hub = DefaultHubService(
+        store, clock, cache_dir=tmp_path, endpoint=fake.endpoint, token="hf_TOPSECRET_123"
+    )
     assert "TOPSECRET" not in repr(hub)
     with pytest.raises(ForbiddenError) as info:
         await hub.download(REPO, FILE)
@@ -164,7 +170,13 @@ async def test_token_never_in_repr_errors_or_logs(
     ],
 )
 async def test_not_found(
-    fake: FakeHub, hub: DefaultHubService, store: MemoryDownloadStore, repo: str, revision: str, filename: str, what: str
+    fake: FakeHub,
+    hub: DefaultHubService,
+    store: MemoryDownloadStore,
+    repo: str,
+    revision: str,
+    filename: str,
+    what: str,
 ) -> None:
     fake.add_file(REPO, FILE, DATA)
     with pytest.raises(NotFoundError) as info:
@@ -222,7 +234,9 @@ async def test_size_mismatch_is_integrity_error(fake: FakeHub, hub: DefaultHubSe
     assert not await hub.local_file_exists(REPO, FILE)
 
 
-async def test_checksum_mismatch_is_integrity_error_and_nothing_kept(fake: FakeHub, hub: DefaultHubService) -> None:
+async def test_checksum_mismatch_is_integrity_error_and_nothing_kept(
+    fake: FakeHub, hub: DefaultHubService
+) -> None:
     tampered = bytes([DATA[0] ^ 0xFF]) + DATA[1:]
     fake.add_file(REPO, FILE, DATA, serve=tampered)
     with pytest.raises(UpstreamError) as info:
@@ -247,7 +261,9 @@ async def test_server_errors_and_unreachable_hub_are_network_errors(
     assert info.value.code == "hub.network"
 
 
-async def test_offline_find_local_file_after_download_with_server_stopped(fake: FakeHub, hub: DefaultHubService) -> None:
+async def test_offline_find_local_file_after_download_with_server_stopped(
+    fake: FakeHub, hub: DefaultHubService
+) -> None:
     commit = fake.add_file(REPO, FILE, DATA)
     assert await hub.find_local_file(REPO, FILE) is None
     await hub.download(REPO, FILE)
@@ -299,7 +315,9 @@ async def test_unknown_request(hub: DefaultHubService) -> None:
     assert info.value.code == "hub.request_not_found"
 
 
-def test_bad_endpoint_and_settings_refused(store: MemoryDownloadStore, clock: FakeClock, tmp_path: Path) -> None:
+def test_bad_endpoint_and_settings_refused(
+    store: MemoryDownloadStore, clock: FakeClock, tmp_path: Path
+) -> None:
     for endpoint in ("ftp://hub", "http://user:pw@127.0.0.1", "not a url", "http://127.0.0.1/?x=1"):
         with pytest.raises(ValidationError) as info:
             DefaultHubService(store, clock, cache_dir=tmp_path, endpoint=endpoint)

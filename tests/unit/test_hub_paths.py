@@ -48,11 +48,15 @@ async def fake() -> AsyncIterator[FakeHub]:
 
 @pytest.fixture
 def hub(fake: FakeHub, clock: FakeClock, tmp_path: Path) -> DefaultHubService:
-    return DefaultHubService(MemoryDownloadStore(), clock, cache_dir=tmp_path / "cache", endpoint=fake.endpoint)
+    return DefaultHubService(
+        MemoryDownloadStore(), clock, cache_dir=tmp_path / "cache", endpoint=fake.endpoint
+    )
 
 
 @pytest.mark.parametrize("filename", BAD_FILENAMES)
-async def test_bad_filenames_refused_without_any_request(fake: FakeHub, hub: DefaultHubService, filename: str) -> None:
+async def test_bad_filenames_refused_without_any_request(
+    fake: FakeHub, hub: DefaultHubService, filename: str
+) -> None:
     with pytest.raises(ValidationError) as info:
         await hub.download(REPO, filename)
     assert info.value.code == "hub.invalid_path" and info.value.params["field"] == "filename"
@@ -93,7 +97,9 @@ async def test_symlink_outside_cache_refused(fake: FakeHub, hub: DefaultHubServi
     assert len(fake.requests) == before
 
 
-async def test_blobs_folder_linked_outside_cache_refused(fake: FakeHub, hub: DefaultHubService, tmp_path: Path) -> None:
+async def test_blobs_folder_linked_outside_cache_refused(
+    fake: FakeHub, hub: DefaultHubService, tmp_path: Path
+) -> None:
     storage = hub.cache_dir / "models--acme--tiny"
     storage.mkdir(parents=True)
     elsewhere = tmp_path / "elsewhere"
@@ -112,7 +118,9 @@ def test_good_names_accepted() -> None:
     assert validate_revision("a" * 40) == "a" * 40
 
 
-@given(st.lists(st.sampled_from(["..", ".", "a", "b.gguf", "", "\\", ":", "\x00", "~"]), min_size=1, max_size=6))
+@given(
+    st.lists(st.sampled_from(["..", ".", "a", "b.gguf", "", "\\", ":", "\x00", "~"]), min_size=1, max_size=6)
+)
 def test_accepted_filenames_never_escape(parts: list[str]) -> None:
     name = "/".join(parts)
     try:

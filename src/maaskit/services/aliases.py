@@ -362,7 +362,8 @@ def load_alias(text: str | bytes, *, file: str = "<text>") -> ModelAlias:
 def dump_alias(alias: ModelAlias) -> str:
     """The alias as a YAML document (validated first)."""
     _parse_alias(alias.to_dict(), "<alias>")
-    return yaml.safe_dump(alias.to_dict(), sort_keys=False, allow_unicode=True)
+    # allow_unicode=False: non-ASCII is escaped, so characters YAML treats as line breaks round-trip
+    return yaml.safe_dump(alias.to_dict(), sort_keys=False, allow_unicode=False)
 
 
 def _check_alias_name(alias: Any) -> str:
