@@ -47,7 +47,8 @@ def service(tmp_path: Path) -> DefaultAliasService:
 
 def test_load_good_document() -> None:
     a = load_alias(GOOD)
-    assert a.alias == "llama3:instruct" and a.snapshot.startswith("5007")
+    assert a.alias == "llama3:instruct"
+    assert a.snapshot.startswith("5007")
     assert a.request_params == RequestParams(temperature=0.7, stop=("<|eot_id|>",))
     assert a.context_params == ContextParams(n_ctx=8192)
     assert load_alias(dump_alias(a)) == a

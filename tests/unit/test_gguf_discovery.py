@@ -43,8 +43,10 @@ def test_reads_metadata_of_real_file(tmp_path: Path) -> None:
     assert isinstance(model, LocalModel)
     assert (model.architecture, model.name, model.context_length) == ("llama", "tiny", 4096)
     assert (model.file_type, model.quantization) == (int(gguf.LlamaFileType.MOSTLY_Q4_K_M), "Q4_K_M")
-    assert model.tensor_count == 2 and model.gguf_version == 3
-    assert model.size == path.stat().st_size and model.metadata_count == 4
+    assert model.tensor_count == 2
+    assert model.gguf_version == 3
+    assert model.size == path.stat().st_size
+    assert model.metadata_count == 4
 
 
 @pytest.mark.parametrize(
@@ -53,7 +55,8 @@ def test_reads_metadata_of_real_file(tmp_path: Path) -> None:
 )
 def test_quantisation_names(tmp_path: Path, file_type: gguf.LlamaFileType | None, expected: str) -> None:
     model = read_gguf(write_gguf(tmp_path / "m.gguf", file_type=file_type))
-    assert isinstance(model, LocalModel) and model.quantization == expected  # None: dominant tensor type
+    assert isinstance(model, LocalModel)
+    assert model.quantization == expected
 
 
 def test_other_architecture_context_key(tmp_path: Path) -> None:
@@ -95,7 +98,8 @@ async def test_discover_reports_broken_files_and_keeps_going(tmp_path: Path) -> 
     if os.geteuid() != 0:  # root reads anything
         assert errors["locked.gguf"] == "aliases.gguf_unreadable"
     for error in report.errors:
-        assert error.message and "{" not in error.message  # every code renders with its params
+        assert error.message
+        assert "{" not in error.message
 
 
 async def test_discover_corrupted_metadata_never_raises(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ def _no_library_backoff(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     no_sleep = types.SimpleNamespace(sleep=lambda _s: None)
     monkeypatch.setattr(fd, "time", no_sleep)
     monkeypatch.setattr(hf_http, "time", no_sleep)
-    yield
+    return
 
 
 @pytest.fixture
@@ -64,10 +64,12 @@ async def test_download_success_progress_and_tracking(
     result = await hub.download(REPO, FILE, progress=reports.append)
     assert isinstance(hub, HubService)
     assert result.path.read_bytes() == DATA
-    assert result.size == len(DATA) and result.commit == commit
+    assert result.size == len(DATA)
+    assert result.commit == commit
     assert result.etag == hashlib.sha256(DATA).hexdigest()
     assert result.downloaded_bytes == len(DATA)
-    assert reports and reports[-1].downloaded_bytes == len(DATA)
+    assert reports
+    assert reports[-1].downloaded_bytes == len(DATA)
     assert all(r.total_bytes == len(DATA) for r in reports)
     record = await hub.get_request(result.request_id)
     assert (record.status, record.total_bytes, record.downloaded_bytes, record.error_code) == (
@@ -84,7 +86,8 @@ async def test_second_download_uses_cache(fake: FakeHub, hub: DefaultHubService)
     fake.add_file(REPO, FILE, DATA)
     await hub.download(REPO, FILE)
     again = await hub.download(REPO, FILE)
-    assert again.downloaded_bytes == 0 and again.path.read_bytes() == DATA
+    assert again.downloaded_bytes == 0
+    assert again.path.read_bytes() == DATA
     assert [r.method for r in fake.requests] == ["HEAD", "GET", "HEAD"]
 
 
@@ -158,7 +161,8 @@ async def test_token_never_in_repr_errors_or_logs(
     with pytest.raises(ForbiddenError) as info:
         await hub.download(REPO, FILE)
     text = repr(info.value) + str(info.value) + info.value.render("de") + repr(await store.list())
-    assert "TOPSECRET" not in text and "TOPSECRET" not in caplog.text
+    assert "TOPSECRET" not in text
+    assert "TOPSECRET" not in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -181,7 +185,8 @@ async def test_not_found(
     fake.add_file(REPO, FILE, DATA)
     with pytest.raises(NotFoundError) as info:
         await hub.download(repo, filename, revision)
-    assert info.value.code == "hub.not_found" and info.value.params["what"] == what
+    assert info.value.code == "hub.not_found"
+    assert info.value.params["what"] == what
     [record] = await store.list()
     assert (record.status, record.error_code) == ("failed", "hub.not_found")
 
@@ -222,7 +227,8 @@ async def test_interrupted_download_leaves_no_file_then_retry_completes(
     assert [r.range for r in fake.requests if r.method == "GET"] == [None, "bytes=30000-"]
 
     result = await hub.retry(failed.id)
-    assert result.request_id == failed.id and result.path.read_bytes() == DATA
+    assert result.request_id == failed.id
+    assert result.path.read_bytes() == DATA
     assert (await hub.get_request(failed.id)).status == "completed"
 
 
@@ -270,7 +276,9 @@ async def test_offline_find_local_file_after_download_with_server_stopped(
     await fake.stop()
     before = len(fake.requests)
     local = await hub.find_local_file(REPO, FILE)
-    assert local is not None and local.commit == commit and local.size == len(DATA)
+    assert local is not None
+    assert local.commit == commit
+    assert local.size == len(DATA)
     assert local.path.read_bytes() == DATA
     assert await hub.local_file_exists(REPO, FILE, commit)
     assert not await hub.local_file_exists(REPO, "nope.gguf")

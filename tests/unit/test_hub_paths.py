@@ -59,7 +59,8 @@ async def test_bad_filenames_refused_without_any_request(
 ) -> None:
     with pytest.raises(ValidationError) as info:
         await hub.download(REPO, filename)
-    assert info.value.code == "hub.invalid_path" and info.value.params["field"] == "filename"
+    assert info.value.code == "hub.invalid_path"
+    assert info.value.params["field"] == "filename"
     with pytest.raises(ValidationError):
         await hub.find_local_file(REPO, filename)
     assert fake.requests == []
@@ -107,7 +108,8 @@ async def test_blobs_folder_linked_outside_cache_refused(
     (storage / "blobs").symlink_to(elsewhere)
     with pytest.raises(ValidationError):
         await hub.download(REPO, "ok.gguf")
-    assert fake.requests == [] and list(elsewhere.iterdir()) == []
+    assert fake.requests == []
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_good_names_accepted() -> None:
@@ -129,4 +131,5 @@ def test_accepted_filenames_never_escape(parts: list[str]) -> None:
         return
     root = Path("/cache/snap")
     resolved = Path(os.path.normpath(root / name))
-    assert resolved.is_relative_to(root) and resolved != root
+    assert resolved.is_relative_to(root)
+    assert resolved != root
