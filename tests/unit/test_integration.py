@@ -139,9 +139,18 @@ async def test_lease_makes_scheduled_runs_single_flight(sql_db: Database, clock:
     assert all(r.ok for r in recorded)
 
 
-async def test_sql_lock_acquire_is_exclusive_under_concurrency(sql_db: Database, clock: FakeClock) -> None:
+@pytest.mark.parametrize("backend", ["sqlite_file", "postgres"])
+async def test_sql_lock_acquire_is_exclusive_under_concurrency(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Any, clock: FakeClock
+) -> None:
+    """Real replicas share a database file or server (an in-memory SQLite is one shared connection)."""
     from datetime import timedelta
 
+    if backend == "postgres":
+        sql_db = Database(request.getfixturevalue("postgres_url"))
+    else:
+        sql_db = Database(f"sqlite+aiosqlite:///{tmp_path}/lock.db")
+    await sql_db.migrate()
     lock = SqlSyncLock(sql_db)
     now = clock.now()
     results = await asyncio.gather(
@@ -155,6 +164,9 @@ async def test_sql_lock_acquire_is_exclusive_under_concurrency(sql_db: Database,
     assert await lock.holder("l", now) == winner
     await lock.release("l", winner)
     assert await lock.holder("l", now) is None
+    if backend == "postgres":
+        await sql_db.downgrade("base")
+    await sql_db.aclose()
 
 
 async def test_scheduler_runs_every_interval_with_jitter(clock: FakeClock) -> None:
@@ -168,14 +180,15 @@ async def test_scheduler_runs_every_interval_with_jitter(clock: FakeClock) -> No
     _, service, _ = setup(clock, interval=100, jitter=0.2, sleep=sleep, rng=random.Random(7))
     await service.start()
     await service.start()  # idempotent
-    for _ in range(2):
+    for done in (1, 2):
         gate.put_nowait(None)
-        while len(await service.recent_runs()) < len(waits):
+        while len(await service.recent_runs()) < done:
             await asyncio.sleep(0)
     assert service.scheduler_running
     await service.aclose()
     assert not service.scheduler_running
     assert len(await service.recent_runs()) == 2
+    assert len(waits) == 3  # third round waiting when closed
     assert all(80 <= w <= 120 for w in waits)
     assert len(set(waits)) == len(waits)  # jittered
 
