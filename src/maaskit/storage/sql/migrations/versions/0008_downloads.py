@@ -35,7 +35,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_maaskit_download_requests")),
     )
     op.create_index(
-        op.f("ix_maaskit_download_requests_created_at"), "maaskit_download_requests", ["created_at"], unique=False
+        op.f("ix_maaskit_download_requests_created_at"),
+        "maaskit_download_requests",
+        ["created_at"],
+        unique=False,
     )
     op.create_index(
         op.f("ix_maaskit_download_requests_repo_id"), "maaskit_download_requests", ["repo_id"], unique=False
