@@ -96,7 +96,9 @@ def _make_api(app_service: AppService) -> FastAPI:
     @api.get("/boom/{kind}")
     async def boom(kind: str) -> None:
         if kind == "rate":
-            raise RateLimitedError("limits.rate_limited", retry_after=2.5, limit=1, window="minute")
+            raise RateLimitedError(
+                "rate_limit.exceeded", kind="requests", limit=1, period_seconds=60, retry_after=2.5
+            )
         if kind == "forbidden":
             raise ForbiddenError("admission.model_not_allowed", model="m")
         raise UpstreamError("upstream.unavailable", upstream="fake", reason="down")
@@ -193,7 +195,7 @@ def test_rate_limited_error_is_429_with_openai_body_and_retry_after(client: Test
     assert response.status_code == 429
     assert response.headers["retry-after"] == "3"  # 2.5 s rounded up
     error = response.json()["error"]
-    assert error["code"] == "limits.rate_limited"
+    assert error["code"] == "rate_limit.exceeded"
     assert error["type"] == "rate_limited"
     assert set(error) == {"message", "type", "code", "param"}
 

@@ -73,7 +73,9 @@ def _make_flask(maas: mk.MaasFlask) -> Flask:
     @flask_app.get("/boom/<kind>")
     def boom(kind: str) -> Any:
         if kind == "rate":
-            raise RateLimitedError("limits.rate_limited", retry_after=0.2, limit=1, window="minute")
+            raise RateLimitedError(
+                "rate_limit.exceeded", kind="requests", limit=1, period_seconds=60, retry_after=0.2
+            )
         raise ForbiddenError("admission.model_not_allowed", model="m")
 
     @flask_app.post("/v1/chat/completions")
@@ -227,7 +229,7 @@ def test_rate_limited_error_is_429_with_openai_body_and_retry_after(client: Flas
     assert response.status_code == 429
     assert response.headers["Retry-After"] == "1"  # at least one second
     error = response.get_json()["error"]
-    assert error["code"] == "limits.rate_limited"
+    assert error["code"] == "rate_limit.exceeded"
     assert error["type"] == "rate_limited"
     assert set(error) == {"message", "type", "code", "param"}
 

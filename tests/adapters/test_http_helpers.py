@@ -181,7 +181,12 @@ def test_any_header_yields_a_clean_credential_or_a_refusal_without_it(
         (ForbiddenError("admission.model_not_allowed", model="m"), 403),
         (NotFoundError("http.not_found"), 404),
         (ConflictError("http.invalid_request", reason="x"), 409),
-        (RateLimitedError("limits.rate_limited", retry_after=1, limit=1, window="minute"), 429),
+        (
+            RateLimitedError(
+                "rate_limit.exceeded", kind="requests", limit=1, period_seconds=60, retry_after=1
+            ),
+            429,
+        ),
         (QuotaExceededError("http.invalid_request", reason="x"), 429),
         (UpstreamError("http.invalid_request", reason="x"), 502),
         (UnavailableError("app.not_started"), 503),
@@ -213,7 +218,9 @@ def test_401_asks_for_bearer() -> None:
     [(2.1, "3"), (3, "3"), (0.2, "1"), (0, "1"), (-5, "1"), ("7", "7"), (59.0001, "60")],
 )
 def test_retry_after_on_429_rounds_up_to_at_least_one_second(retry_after: object, header: str) -> None:
-    error = RateLimitedError("limits.rate_limited", retry_after=retry_after, limit=1, window="minute")
+    error = RateLimitedError(
+        "rate_limit.exceeded", kind="requests", limit=1, period_seconds=60, retry_after=retry_after
+    )
     _status, _body, headers = error_response(error)
     assert headers["retry-after"] == header
 
@@ -226,7 +233,9 @@ def test_retry_after_on_503_and_quota_errors() -> None:
 
 
 def test_no_retry_after_without_the_param_or_on_other_statuses() -> None:
-    _s, _b, limited = error_response(RateLimitedError("limits.rate_limited", limit=1, window="minute"))
+    _s, _b, limited = error_response(
+        RateLimitedError("rate_limit.exceeded", kind="requests", limit=1, period_seconds=60)
+    )
     assert "retry-after" not in limited
     _s, _b, invalid = error_response(ValidationError("http.invalid_request", reason="x", retry_after=3))
     assert "retry-after" not in invalid
@@ -237,7 +246,9 @@ def test_no_retry_after_without_the_param_or_on_other_statuses() -> None:
 )
 @pytest.mark.parametrize("retry_after", [float("nan"), float("inf")])
 def test_non_finite_retry_after_still_renders(retry_after: float) -> None:
-    error = RateLimitedError("limits.rate_limited", retry_after=retry_after, limit=1, window="minute")
+    error = RateLimitedError(
+        "rate_limit.exceeded", kind="requests", limit=1, period_seconds=60, retry_after=retry_after
+    )
     status, _body, _headers = error_response(error)
     assert status == 429
 
