@@ -35,9 +35,11 @@ if TYPE_CHECKING:
     from maaskit.services.access_requests import AccessRequestService
     from maaskit.services.admission import AdmissionService
     from maaskit.services.ai_api import AiApiService
+    from maaskit.services.aliases import AliasService
     from maaskit.services.api_keys import ApiKeyService
     from maaskit.services.audit import AuditLog
     from maaskit.services.cache import CacheService
+    from maaskit.services.hub import HubService
     from maaskit.services.keyring import KeyringService
     from maaskit.services.pricing import PricingService
     from maaskit.services.rate_limit import LimitsGate
@@ -305,6 +307,20 @@ class AppService:
         from maaskit.services.keyring import KeyringService
 
         return self.registry.get(KeyringService)
+
+    @property
+    def hub(self) -> HubService:
+        """Model downloads from a Hugging Face-compatible hub (extra ``hub``)."""
+        from maaskit.services.hub import HubService
+
+        return self.registry.get(HubService)
+
+    @property
+    def aliases(self) -> AliasService:
+        """Local model aliases (YAML) and GGUF discovery."""
+        from maaskit.services.aliases import AliasService
+
+        return self.registry.get(AliasService)
 
 
 def create_app(

@@ -11,10 +11,12 @@ from maaskit.clock import Clock
 from maaskit.services.access_requests import AccessRequestService
 from maaskit.services.admission import AdmissionService
 from maaskit.services.ai_api import AiApiService
+from maaskit.services.aliases import AliasService
 from maaskit.services.api_keys import ApiKeyService
 from maaskit.services.audit import AuditLog
 from maaskit.services.budget import BudgetLedger
 from maaskit.services.cache import CacheService
+from maaskit.services.hub import HubService
 from maaskit.services.keyring import KeyringService
 from maaskit.services.login_throttle import LoginThrottle
 from maaskit.services.pricing import PricingService
@@ -34,12 +36,14 @@ __all__ = [
     "AccessRequestService",
     "AdmissionService",
     "AiApiService",
+    "AliasService",
     "ApiKeyService",
     "AuditLog",
     "BudgetLedger",
     "CacheService",
     "Clock",
     "CredentialRevoker",
+    "HubService",
     "KeyInvalidationBus",
     "KeyringService",
     "LimitsGate",

@@ -18,9 +18,11 @@ from maaskit.clock import Clock
 from maaskit.services.access_requests import AccessRequestService, DefaultAccessRequestService
 from maaskit.services.admission import AdmissionService, DefaultAdmissionService
 from maaskit.services.ai_api import AiApiService, DefaultAiApiService
+from maaskit.services.aliases import AliasService
 from maaskit.services.api_keys import ApiKeyService, DefaultApiKeyService
 from maaskit.services.audit import AuditLog, DefaultAuditLog
 from maaskit.services.cache import CacheService
+from maaskit.services.hub import HubService
 from maaskit.services.keyring import DefaultKeyringService, KeyringService
 from maaskit.services.login_throttle import LoginThrottle, MemoryLoginThrottle
 from maaskit.services.pricing import ModelPrice, PricingService, StaticPricing
@@ -37,6 +39,7 @@ from maaskit.settings import Settings
 from maaskit.storage.ports.access_requests import AccessRequestStore
 from maaskit.storage.ports.api_keys import ApiKeyStore, KeyInvalidationBus
 from maaskit.storage.ports.audit import AuditStore
+from maaskit.storage.ports.downloads import DownloadStore
 from maaskit.storage.ports.limits import LimitsStore
 from maaskit.storage.ports.rbac import RbacStore
 from maaskit.storage.ports.secrets import SecretStore
@@ -394,6 +397,43 @@ def _access_requests(
     return DefaultAccessRequestService(store, users, rbac, audit, clock)
 
 
+# -- models and upstreams ----------------------------------------------------------------------
+
+
+def _default_dir(configured: str | None, name: str) -> str:
+    import os
+    from pathlib import Path
+
+    if configured:
+        return configured
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "maaskit" / name)
+
+
+def _download_store(database: Database) -> DownloadStore:
+    from maaskit.storage.sql.downloads import SqlDownloadStore
+
+    return SqlDownloadStore(database)
+
+
+def _hub(settings: Settings, store: DownloadStore, clock: Clock) -> HubService:
+    from maaskit.services.hub import DEFAULT_ENDPOINT, DefaultHubService
+
+    return DefaultHubService(
+        store,
+        clock,
+        cache_dir=_default_dir(settings.hub_cache_dir, "hub"),
+        endpoint=settings.hub_endpoint or DEFAULT_ENDPOINT,
+        token=settings.hub_token,
+    )
+
+
+def _aliases(settings: Settings) -> AliasService:
+    from maaskit.services.aliases import DefaultAliasService
+
+    return DefaultAliasService(_default_dir(settings.aliases_dir, "aliases"))
+
+
 def wire_builtin_services(registry: Registry, settings: Settings) -> None:
     """Register every built-in service on *registry*, backends chosen from *settings*."""
     if settings.redis_url:
@@ -443,6 +483,11 @@ def wire_builtin_services(registry: Registry, settings: Settings) -> None:
     registry.register_factory(SecretService, _secrets)
     registry.register_factory(KeyringService, _keyring)
     registry.register_factory(UserService, _users)
+
+    # models and upstreams
+    registry.register_factory(DownloadStore, _download_store)
+    registry.register_factory(HubService, _hub)
+    registry.register_factory(AliasService, _aliases)
     registry.register_factory(AccessRequestService, _access_requests)
 
 

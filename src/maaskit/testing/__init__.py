@@ -16,12 +16,28 @@ from maaskit.testing.clock import FakeClock
 
 if TYPE_CHECKING:
     from maaskit.testing.app import build_test_app, test_settings
+    from maaskit.testing.fake_hub import FakeHub
+    from maaskit.testing.fake_keyring import FakeKeyring
+    from maaskit.testing.fake_upstream import FakeUpstream
+    from maaskit.testing.gateway import running_gateway
 
-__all__ = ["FakeClock", "build_test_app", "test_settings"]
+__all__ = [
+    "FakeClock",
+    "FakeHub",
+    "FakeKeyring",
+    "FakeUpstream",
+    "build_test_app",
+    "running_gateway",
+    "test_settings",
+]
 
 _LAZY = {
     "build_test_app": "maaskit.testing.app",
     "test_settings": "maaskit.testing.app",
+    "FakeHub": "maaskit.testing.fake_hub",
+    "FakeKeyring": "maaskit.testing.fake_keyring",
+    "FakeUpstream": "maaskit.testing.fake_upstream",
+    "running_gateway": "maaskit.testing.gateway",
 }
 
 
