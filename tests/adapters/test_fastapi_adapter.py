@@ -459,3 +459,14 @@ def test_admitted_request_end_to_end_over_loopback(fake: FakeUpstream) -> None:
     assert response.json()["usage"]["completion_tokens"] > 0
     assert admissions[0].settled
     assert len(fake.requests) == 1
+
+
+def test_body_over_max_request_bytes_is_refused(fake: FakeUpstream) -> None:
+    app_service = _gateway_app(fake, max_request_bytes=1024)
+    with TestClient(_make_api(app_service)) as test_client:
+        secret = _create_key(test_client, app_service)
+        big = {**CHAT, "messages": [{"role": "user", "content": "x" * 2000}]}
+        response = test_client.post("/v1/unsettled", json=big, headers={"Authorization": f"Bearer {secret}"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "http.body_too_large"
+    assert fake.requests == []

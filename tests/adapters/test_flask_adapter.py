@@ -394,3 +394,18 @@ def test_admitted_request_end_to_end_over_loopback() -> None:
         finally:
             maas.shutdown()
     assert len(fake.requests) == 1
+
+
+def test_body_over_max_request_bytes_is_refused(fake: FakeUpstream) -> None:
+    maas = mk.MaasFlask(app=build_test_app(model_prices=PRICES, max_request_bytes=1024), stop_at_exit=False)
+    try:
+        client = _make_flask(maas).test_client()
+        secret = _create_key(maas)
+        big = {**CHAT, "messages": [{"role": "user", "content": "x" * 2000}]}
+        response = client.post(
+            "/v1/chat/completions", json=big, headers={"Authorization": f"Bearer {secret}"}
+        )
+        assert response.status_code == 400
+        assert response.get_json()["error"]["code"] == "http.body_too_large"
+    finally:
+        maas.shutdown()

@@ -11,7 +11,7 @@ the app starts lazily, on first use).
 
 Example::
 
-    from flask import Flask, request
+    from flask import Flask
 
     import maaskit
     from maaskit.adapters import flask as mk
@@ -21,10 +21,10 @@ Example::
 
     @app.post("/v1/chat/completions")
     def chat():
-        body = request.get_json()
+        body = mk.json_body()                                # strict, size-limited JSON object
         with mk.admission(body) as admitted:                 # released if the block raises
-            result = mk.maaskit_call(mk.get_app().ai_api.chat_completion, admitted.upstream_body(body))
-            mk.maaskit_call(mk.get_app().admission.settle, admitted, result.usage)
+            result = mk.maaskit_call(maas.app.ai_api.chat_completion, admitted.upstream_body(body))
+            mk.maaskit_call(maas.app.admission.settle, admitted, result.usage)
         return result.response, 200, admitted.headers()
 
 A raised :class:`~maaskit.errors.MaasError` becomes an OpenAI-style error response with the
@@ -65,6 +65,7 @@ __all__ = [
     "get_app",
     "get_extension",
     "health_view",
+    "json_body",
     "maas_error_handler",
     "maaskit_call",
     "scoped",
@@ -75,6 +76,7 @@ T = TypeVar("T")
 #: Key of the :class:`MaasFlask` in ``flask_app.extensions``.
 EXTENSION_KEY = "maaskit"
 _CONTAINER_KEY = "maaskit_container"
+_BODY_KEY = "maaskit_json_body"
 
 
 class MaasFlask:
@@ -226,13 +228,12 @@ def admission(
 ) -> Iterator[Admission]:
     """Admit the current request for ``body["model"]``; release the reservation if the block raises.
 
-    *body* defaults to the request's JSON object (at most ``max_request_bytes``; NaN and
-    Infinity refused). Settle inside the block
+    *body* defaults to :func:`json_body`. Settle inside the block
     (``maaskit_call(get_app().admission.settle, admitted, usage)``).
     """
     app = get_app()
     if body is None:
-        body = _json_object(app.settings.max_request_bytes)
+        body = json_body()
     model: Any = body.get("model")  # admit() validates it
     admitted = maaskit_call(
         app.admission.admit, credential(), model, body, max_output_tokens=max_output_tokens
@@ -246,6 +247,19 @@ def admission(
 
 def _reject_constant(value: str) -> Any:
     raise ValueError(value)
+
+
+def json_body() -> dict[str, Any]:
+    """The current request's JSON object body, parsed strictly (once per request).
+
+    Refuses, with ``ValidationError``: a body over ``max_request_bytes``
+    (``http.body_too_large``), malformed JSON, NaN/Infinity or a non-object (``http.invalid_json``).
+    """
+    cached: dict[str, Any] | None = g.get(_BODY_KEY)
+    if cached is None:
+        cached = _json_object(get_app().settings.max_request_bytes)
+        setattr(g, _BODY_KEY, cached)
+    return cached
 
 
 def _json_object(limit: int) -> dict[str, Any]:
