@@ -162,6 +162,17 @@ class CatalogModel:
             raise ValidationError("catalog.invalid_field", field="local_overrides", reason="unknown field")
 
     @classmethod
+    def restore(cls, **values: Any) -> CatalogModel:
+        """Rebuild a row a store wrote itself, skipping validation (it was validated on write).
+
+        For storage backends only; every field must be given.
+        """
+        model = object.__new__(cls)
+        for field in attrs.fields(cls):
+            object.__setattr__(model, field.name, values[field.name])
+        return model
+
+    @classmethod
     def from_info(cls, info: ModelInfo, *, source: str = "litellm") -> CatalogModel:
         """The catalog row for an upstream :class:`~maaskit.services.litellm.ModelInfo`."""
         return cls(
@@ -391,22 +402,25 @@ class DefaultModelCatalog:
         return self._snapshot
 
     def cached_price(self, model_id: str) -> ModelPrice | None:
-        """The price from the in-memory snapshot (no I/O)."""
-        return self._prices.get(model_id)
+        """The price from the in-memory snapshot (no I/O; built once per model and snapshot)."""
+        price = self._prices.get(model_id)
+        if price is None:
+            model = self._snapshot.get(model_id)
+            if model is None:
+                return None
+            price = model.price
+            if price is None:
+                return None
+            self._prices[model_id] = price
+        return price
 
     async def refresh(self) -> None:
         """Reload the in-memory snapshot from the store."""
         self._set_snapshot(await self._store.list_models())
 
     def _set_snapshot(self, models: Iterable[CatalogModel]) -> None:
-        snap = {m.model_id: m for m in models}
-        prices: dict[str, ModelPrice] = {}
-        for m in snap.values():
-            price = m.price
-            if price is not None:
-                prices[m.model_id] = price
-        self._snapshot = snap
-        self._prices = prices
+        self._snapshot = {m.model_id: m for m in models}
+        self._prices = {}  # built lazily by cached_price()
         self._loaded_at = self._clock.monotonic()
 
     # -- sync -----------------------------------------------------------------------------
@@ -455,8 +469,16 @@ class DefaultModelCatalog:
         for info in snapshot.models:
             name = info.model_name
             seen.add(name)
-            remote = CatalogModel.from_info(info, source=snapshot.source)
             old = current.get(name)
+            if (
+                old is not None
+                and old.available
+                and not old.local_overrides
+                and old.synced_values() == _info_values(info)
+            ):
+                unchanged.append(name)
+                continue
+            remote = CatalogModel.from_info(info, source=snapshot.source)
             if old is None:
                 inserts.append(attrs.evolve(remote, created_at=now, updated_at=now))
                 added.append(name)
@@ -485,8 +507,10 @@ class DefaultModelCatalog:
         before = self._store.rows_written
         if inserts or updates:
             await self._store.apply(inserts, updates)
+            for model in (*inserts, *updates):
+                current[model.model_id] = model
         written = self._store.rows_written - before
-        await self.refresh()
+        self._set_snapshot(current.values())
         report = SyncReport(
             added=tuple(added),
             updated=tuple(updated),
@@ -645,6 +669,19 @@ def _merge(old: CatalogModel, remote: CatalogModel, policy: ConflictPolicy) -> t
         for f in old.local_overrides:
             values[f] = getattr(old, f)
     return attrs.evolve(old, local_overrides=overrides, **values), conflicts
+
+
+def _info_values(info: ModelInfo) -> tuple[Any, ...]:
+    """``CatalogModel.from_info(info).synced_values()`` without building the model."""
+    return (
+        info.provider,
+        info.upstream_model,
+        info.input_cost_per_token,
+        info.output_cost_per_token,
+        info.context_window,
+        info.max_output_tokens,
+        info.capabilities,
+    )
 
 
 def _problem_text(problem: ModelProblem) -> str:

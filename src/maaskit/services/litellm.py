@@ -96,6 +96,7 @@ _MAX_ID_LEN: Final = 256
 _ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]*(?:/[A-Za-z0-9][A-Za-z0-9._:@+=-]*)*$")
 _MAX_BODY: Final = 256 * 1024 * 1024
 _T = TypeVar("_T")
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 _DEFAULT_TIMEOUTS: Final = Timeouts(connect=5.0, read=30.0, total=60.0)
 
 
@@ -184,7 +185,7 @@ def _check_limit(value: object, *, field: str) -> int | None:
 def _optional_text(value: object, *, field: str, limit: int = 256) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > limit or any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if not isinstance(value, str) or len(value) > limit or _CONTROL.search(value):
         raise ValidationError("catalog.invalid_field", field=field, reason="not a short printable string")
     return value or None
 

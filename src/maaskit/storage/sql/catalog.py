@@ -74,8 +74,8 @@ def _split(text: str) -> frozenset[str]:
 
 
 def _model(row: Any) -> CatalogModel:
-    return CatalogModel(
-        row.model_id,
+    return CatalogModel.restore(
+        model_id=row.model_id,
         provider=row.provider,
         upstream_model=row.upstream_model,
         input_price=price_from_e18(row.input_price_e18),
