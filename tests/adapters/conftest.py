@@ -13,6 +13,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -137,8 +138,13 @@ async def gw_upstream_url(gw_fake: FakeUpstream) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def gateway_factory(gw_fake: FakeUpstream, gw_upstream_url: str) -> GatewayFactory:
-    """``async with gateway_factory(**setting_changes) as gw``: a gateway in front of ``gw_fake``."""
+def gateway_factory(gw_fake: FakeUpstream, gw_upstream_url: str, tmp_path: Path) -> GatewayFactory:
+    """``async with gateway_factory(**setting_changes) as gw``: a gateway in front of ``gw_fake``.
+
+    The database is a SQLite file in ``tmp_path`` (as with ``maaskit serve``), not ``:memory:``:
+    an in-memory database shares one connection between concurrent transactions (see the
+    report on the disconnect test), which a real deployment never does.
+    """
 
     @asynccontextmanager
     async def factory(*, app_service: AppService | None = None, **changes: Any) -> AsyncIterator[Gateway]:
@@ -148,6 +154,7 @@ def gateway_factory(gw_fake: FakeUpstream, gw_upstream_url: str) -> GatewayFacto
             "model_prices": PRICES,
             "limits_backend": "sql",
             "default_max_tokens": 64,
+            "database_url": f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}",
         }
         values.update(changes)
         service = app_service or create_app(test_settings(**values))
