@@ -750,7 +750,7 @@ class ChatStream:
 
     def _feed(self, chunk: bytes) -> bytes:
         buf = self._buf + chunk if self._buf else chunk
-        if b"\r" in chunk:
+        if b"\r" in chunk or self._buf.endswith(b"\r"):
             # CRLF line ends become LF; a CR at the very end stays buffered with the incomplete
             # event and meets its LF in the next chunk.
             buf = buf.replace(b"\r\n", b"\n")
