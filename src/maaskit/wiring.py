@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -150,11 +150,26 @@ def prices_from_settings(settings: Settings) -> dict[str, ModelPrice]:
     for model, price in settings.model_prices.items():
         out[model] = ModelPrice(
             model,
-            Decimal(price["input"]) / million,
-            Decimal(price["output"]) / million,
-            Decimal(price.get("request", "0")),
+            _decimal_price(model, price, "input") / million,
+            _decimal_price(model, price, "output") / million,
+            _decimal_price(model, price, "request", "0"),
         )
     return out
+
+
+def _decimal_price(model: str, price: dict[str, str], part: str, default: str | None = None) -> Decimal:
+    """One price of ``MAASKIT_MODEL_PRICES`` as a Decimal; missing or malformed -> ``pricing.invalid``."""
+    from maaskit.errors import ValidationError
+
+    raw = price.get(part, default)
+    if raw is None:
+        raise ValidationError("pricing.invalid", field=f"{model}.{part}", reason="missing")
+    try:
+        return Decimal(raw)
+    except (InvalidOperation, TypeError, ValueError):
+        raise ValidationError(
+            "pricing.invalid", field=f"{model}.{part}", reason="not a decimal number"
+        ) from None
 
 
 def _pricing(settings: Settings) -> PricingService:
