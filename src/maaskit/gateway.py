@@ -22,7 +22,6 @@ Example::
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from decimal import Decimal
@@ -34,6 +33,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from maaskit.adapters import starlette as mk
+from maaskit.adapters._http import check_declared_length, parse_json_object
 from maaskit.app import AppService, create_app
 from maaskit.errors import ForbiddenError, UnauthenticatedError, ValidationError
 from maaskit.money import from_micros, parse_micros, to_micros
@@ -46,25 +46,9 @@ from maaskit.settings import Settings
 __all__ = ["create_gateway", "key_to_dict"]
 
 
-def _reject_constant(value: str) -> Any:
-    raise ValueError(f"{value} is not valid JSON")
-
-
 async def _json_body(request: Request, limit: int) -> dict[str, Any]:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ValidationError("http.body_too_large", limit=limit)
-    raw = await request.body()
-    if len(raw) > limit:
-        raise ValidationError("http.body_too_large", limit=limit)
-    try:
-        body = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        reason = "NaN and Infinity are not JSON" if "not valid JSON" in str(exc) else "malformed JSON"
-        raise ValidationError("http.invalid_json", reason=reason) from None
-    if not isinstance(body, dict):
-        raise ValidationError("http.invalid_json", reason="the body must be a JSON object")
-    return body
+    check_declared_length(request.headers.get("content-length"), limit)
+    return parse_json_object(await request.body(), limit)
 
 
 def _iso(value: datetime | None) -> str | None:

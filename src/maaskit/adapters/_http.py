@@ -13,13 +13,15 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from maaskit.errors import MaasError, UnauthenticatedError, http_status
+from maaskit.errors import MaasError, UnauthenticatedError, ValidationError, http_status
 
 __all__ = [
     "MAX_AUTHORIZATION_LENGTH",
     "bearer_credential",
+    "check_declared_length",
     "error_body",
     "error_response",
+    "parse_json_object",
     "rate_limit_headers",
 ]
 
@@ -48,10 +50,10 @@ def bearer_credential(authorization: str | None, *, api_key_header: str | None =
     credential = credential.strip()
     if not credential:
         raise UnauthenticatedError("auth.malformed", reason="empty credential")
+    if credential[:6].lower() == "bearer":
+        raise UnauthenticatedError("auth.malformed", reason="doubled Bearer")
     if not credential.isascii() or not credential.isprintable() or " " in credential:
         raise UnauthenticatedError("auth.malformed", reason="invalid characters")
-    if credential.lower().startswith("bearer"):
-        raise UnauthenticatedError("auth.malformed", reason="doubled Bearer")
     return credential
 
 
@@ -66,7 +68,12 @@ def error_response(error: MaasError, locale: str = "en") -> tuple[int, bytes, di
     headers = {"content-type": "application/json"}
     retry_after = error.params.get("retry_after")
     if retry_after is not None and status in (429, 503):
-        headers["retry-after"] = str(max(1, math.ceil(float(retry_after))))
+        try:
+            seconds = float(retry_after)
+        except (TypeError, ValueError):
+            seconds = math.nan
+        if math.isfinite(seconds):
+            headers["retry-after"] = str(max(1, math.ceil(min(seconds, 86_400.0))))
     if status == 401:
         headers["www-authenticate"] = "Bearer"
     return status, json.dumps(error_body(error, locale)).encode(), headers
@@ -85,3 +92,36 @@ def rate_limit_headers(remaining: Mapping[str, Any]) -> dict[str, str]:
         if reset is not None:
             headers[f"x-ratelimit-reset-{kind}"] = f"{max(0.0, float(reset)):.3f}s"
     return headers
+
+
+def _reject_constant(value: str) -> Any:
+    raise ValueError(f"{value} is not valid JSON")
+
+
+def check_declared_length(content_length: str | int | None, limit: int) -> None:
+    """Refuse (``http.body_too_large``) a request whose declared length exceeds *limit*."""
+    declared: int | None = None
+    if isinstance(content_length, int):
+        declared = content_length
+    elif isinstance(content_length, str) and content_length.isdigit():
+        declared = int(content_length)
+    if declared is not None and declared > limit:
+        raise ValidationError("http.body_too_large", limit=limit)
+
+
+def parse_json_object(raw: bytes, limit: int) -> dict[str, Any]:
+    """Parse a request body strictly: at most *limit* bytes, a JSON object, no NaN/Infinity.
+
+    Raises:
+        ValidationError: ``http.body_too_large`` or ``http.invalid_json`` (with the reason).
+    """
+    if len(raw) > limit:
+        raise ValidationError("http.body_too_large", limit=limit)
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        reason = "NaN and Infinity are not JSON" if "not valid JSON" in str(exc) else "malformed JSON"
+        raise ValidationError("http.invalid_json", reason=reason) from None
+    if not isinstance(body, dict):
+        raise ValidationError("http.invalid_json", reason="the body must be a JSON object")
+    return body

@@ -26,7 +26,6 @@ FastAPI is Starlette underneath, so this module reuses :mod:`maaskit.adapters.st
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -37,6 +36,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from maaskit.adapters import starlette as _starlette
+from maaskit.adapters._http import check_declared_length, parse_json_object
 from maaskit.adapters.starlette import STATE_KEY, error_to_response, lifespan
 from maaskit.app import AppService
 from maaskit.errors import UnavailableError, ValidationError
@@ -143,24 +143,9 @@ def scoped(service_type: TypeForm[T]) -> Callable[..., Any]:
 AiApiDep = Annotated[AiApiService, Depends(service(AiApiService))]
 
 
-def _reject_constant(value: str) -> Any:
-    raise ValueError(value)
-
-
 async def _json_object(request: Request, limit: int) -> dict[str, Any]:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ValidationError("http.body_too_large", limit=limit)
-    raw = await request.body()
-    if len(raw) > limit:
-        raise ValidationError("http.body_too_large", limit=limit)
-    try:
-        body = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError):
-        raise ValidationError("http.invalid_json", reason="malformed JSON, NaN or Infinity") from None
-    if not isinstance(body, dict):
-        raise ValidationError("http.invalid_json", reason="the body must be a JSON object")
-    return body
+    check_declared_length(request.headers.get("content-length"), limit)
+    return parse_json_object(await request.body(), limit)
 
 
 def admitted(*, max_output_tokens: int | None = None) -> Callable[..., AsyncIterator[Admission]]:

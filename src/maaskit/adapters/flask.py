@@ -35,7 +35,6 @@ right status (and ``Retry-After`` on 429/503). The app stops at interpreter exit
 from __future__ import annotations
 
 import atexit
-import json
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -44,9 +43,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask, Response, current_app, g, jsonify, request
 
-from maaskit.adapters._http import bearer_credential, error_response
+from maaskit.adapters._http import bearer_credential, check_declared_length, error_response, parse_json_object
 from maaskit.app import AppService
-from maaskit.errors import MaasError, UnavailableError, ValidationError
+from maaskit.errors import MaasError, UnavailableError
 from maaskit.i18n import default_localizer
 from maaskit.registry import Container
 from maaskit.services.admission import Admission
@@ -245,10 +244,6 @@ def admission(
         raise
 
 
-def _reject_constant(value: str) -> Any:
-    raise ValueError(value)
-
-
 def json_body() -> dict[str, Any]:
     """The current request's JSON object body, parsed strictly (once per request).
 
@@ -263,19 +258,8 @@ def json_body() -> dict[str, Any]:
 
 
 def _json_object(limit: int) -> dict[str, Any]:
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        raise ValidationError("http.body_too_large", limit=limit)
-    raw = request.get_data(cache=True)
-    if len(raw) > limit:
-        raise ValidationError("http.body_too_large", limit=limit)
-    try:
-        body = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError):
-        raise ValidationError("http.invalid_json", reason="malformed JSON, NaN or Infinity") from None
-    if not isinstance(body, dict):
-        raise ValidationError("http.invalid_json", reason="the body must be a JSON object")
-    return body
+    check_declared_length(request.content_length, limit)
+    return parse_json_object(request.get_data(cache=True), limit)
 
 
 def _locale() -> str:

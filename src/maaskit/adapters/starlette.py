@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from maaskit.adapters._http import bearer_credential, error_response
 from maaskit.app import AppService
-from maaskit.errors import MaasError
+from maaskit.errors import MaasError, UnavailableError
 from maaskit.registry import Container
 
 __all__ = [
@@ -64,8 +64,10 @@ def lifespan(app_service: AppService) -> Callable[[Starlette], AbstractAsyncCont
 
 
 def get_app(request: Request) -> AppService:
-    """The :class:`AppService` started by :func:`lifespan`."""
-    app: AppService = getattr(request.state, STATE_KEY)
+    """The :class:`AppService` started by :func:`lifespan` (``app.not_started`` without it)."""
+    app: AppService | None = getattr(request.state, STATE_KEY, None)
+    if app is None:
+        raise UnavailableError("app.not_started")
     return app
 
 
