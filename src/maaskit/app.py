@@ -39,8 +39,11 @@ if TYPE_CHECKING:
     from maaskit.services.api_keys import ApiKeyService
     from maaskit.services.audit import AuditLog
     from maaskit.services.cache import CacheService
+    from maaskit.services.catalog import ModelCatalog
     from maaskit.services.hub import HubService
+    from maaskit.services.integration import IntegrationService
     from maaskit.services.keyring import KeyringService
+    from maaskit.services.litellm import LiteLLMService
     from maaskit.services.pricing import PricingService
     from maaskit.services.rate_limit import LimitsGate
     from maaskit.services.rbac import RbacService
@@ -125,7 +128,7 @@ class AppService:
                 await database.migrate()
             from maaskit import wiring
 
-            for service_type in wiring.eager_services():
+            for service_type in wiring.eager_services(self.settings):
                 service = await self.registry.aget(service_type)
                 if isinstance(service, BackgroundService):
                     await service.start()
@@ -321,6 +324,27 @@ class AppService:
         from maaskit.services.aliases import AliasService
 
         return self.registry.get(AliasService)
+
+    @property
+    def catalog(self) -> ModelCatalog:
+        """The model catalog (prices, limits, capabilities, availability)."""
+        from maaskit.services.catalog import ModelCatalog
+
+        return self.registry.get(ModelCatalog)
+
+    @property
+    def litellm(self) -> LiteLLMService:
+        """LiteLLM's admin API (needs ``MAASKIT_LITELLM_URL`` and ``_MASTER_KEY``)."""
+        from maaskit.services.litellm import LiteLLMService
+
+        return self.registry.get(LiteLLMService)
+
+    @property
+    def integration(self) -> IntegrationService:
+        """Catalog, key and team sync with LiteLLM, scheduled and single-flight."""
+        from maaskit.services.integration import IntegrationService
+
+        return self.registry.get(IntegrationService)
 
 
 def create_app(

@@ -161,9 +161,13 @@ class _Gateway:
     async def models(self, request: Request) -> Response:
         self._services()
         key = await self.keys.validate(mk.credential(request))
+        if self.settings.model_prices:
+            names = sorted(self.settings.model_prices)
+        else:
+            names = [m.model_id for m in await self.app.catalog.list_models(available_only=True)]
         data = [
             {"id": name, "object": "model", "created": 0, "owned_by": "maaskit"}
-            for name in sorted(self.settings.model_prices)
+            for name in names
             if key.allows_model(name)
         ]
         return JSONResponse({"object": "list", "data": data})

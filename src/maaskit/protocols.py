@@ -16,8 +16,11 @@ from maaskit.services.api_keys import ApiKeyService
 from maaskit.services.audit import AuditLog
 from maaskit.services.budget import BudgetLedger
 from maaskit.services.cache import CacheService
+from maaskit.services.catalog import ModelCatalog
 from maaskit.services.hub import HubService
+from maaskit.services.integration import IntegrationService
 from maaskit.services.keyring import KeyringService
+from maaskit.services.litellm import LiteLLMService
 from maaskit.services.login_throttle import LoginThrottle
 from maaskit.services.pricing import PricingService
 from maaskit.services.rate_limit import LimitsGate, RateLimiter
@@ -44,10 +47,13 @@ __all__ = [
     "Clock",
     "CredentialRevoker",
     "HubService",
+    "IntegrationService",
     "KeyInvalidationBus",
     "KeyringService",
     "LimitsGate",
+    "LiteLLMService",
     "LoginThrottle",
+    "ModelCatalog",
     "PricingService",
     "RateLimiter",
     "RbacService",

@@ -22,8 +22,11 @@ from maaskit.services.aliases import AliasService
 from maaskit.services.api_keys import ApiKeyService, DefaultApiKeyService
 from maaskit.services.audit import AuditLog, DefaultAuditLog
 from maaskit.services.cache import CacheService
+from maaskit.services.catalog import ModelCatalog
 from maaskit.services.hub import HubService
+from maaskit.services.integration import IntegrationService
 from maaskit.services.keyring import DefaultKeyringService, KeyringService
+from maaskit.services.litellm import LiteLLMService
 from maaskit.services.login_throttle import LoginThrottle, MemoryLoginThrottle
 from maaskit.services.pricing import ModelPrice, PricingService, StaticPricing
 from maaskit.services.rate_limit import DefaultLimitsGate, LimitsGate
@@ -39,6 +42,7 @@ from maaskit.settings import Settings
 from maaskit.storage.ports.access_requests import AccessRequestStore
 from maaskit.storage.ports.api_keys import ApiKeyStore, KeyInvalidationBus
 from maaskit.storage.ports.audit import AuditStore
+from maaskit.storage.ports.catalog import CatalogStore
 from maaskit.storage.ports.downloads import DownloadStore
 from maaskit.storage.ports.limits import LimitsStore
 from maaskit.storage.ports.rbac import RbacStore
@@ -172,8 +176,16 @@ def _decimal_price(model: str, price: dict[str, str], part: str, default: str | 
         ) from None
 
 
-def _pricing(settings: Settings) -> PricingService:
-    return StaticPricing(prices_from_settings(settings))
+async def _pricing(settings: Settings, catalog: ModelCatalog) -> PricingService:
+    """Prices from ``MAASKIT_MODEL_PRICES`` when set, else from the model catalog (LiteLLM sync)."""
+    if settings.model_prices:
+        return StaticPricing(prices_from_settings(settings))
+    from maaskit.services.catalog import CatalogPricing, DefaultModelCatalog
+
+    if not isinstance(catalog, DefaultModelCatalog):
+        raise TypeError("catalog pricing needs the DefaultModelCatalog")
+    await catalog.refresh()
+    return CatalogPricing(catalog)
 
 
 def _memory_limits(clock: Clock) -> LimitsStore:
@@ -449,6 +461,35 @@ def _aliases(settings: Settings) -> AliasService:
     return DefaultAliasService(_default_dir(settings.aliases_dir, "aliases"))
 
 
+def _catalog_store(database: Database) -> CatalogStore:
+    from maaskit.storage.sql.catalog import SqlCatalogStore
+
+    return SqlCatalogStore(database)
+
+
+def _catalog(store: CatalogStore, clock: Clock) -> ModelCatalog:
+    from maaskit.services.catalog import DefaultModelCatalog
+
+    return DefaultModelCatalog(store, clock=clock)
+
+
+def _litellm(settings: Settings, clock: Clock) -> LiteLLMService:
+    from maaskit.services.litellm import DefaultLiteLLMService, LiteLLMConfig
+
+    return DefaultLiteLLMService(LiteLLMConfig.from_settings(settings), clock=clock)
+
+
+def _integration(
+    database: Database, catalog: ModelCatalog, litellm: LiteLLMService, clock: Clock
+) -> IntegrationService:
+    from maaskit.services.integration import DefaultIntegrationService
+    from maaskit.storage.sql.catalog import SqlSyncLock, SqlSyncRunStore
+
+    return DefaultIntegrationService(
+        catalog, litellm, lock=SqlSyncLock(database), runs=SqlSyncRunStore(database), clock=clock
+    )
+
+
 def wire_builtin_services(registry: Registry, settings: Settings) -> None:
     """Register every built-in service on *registry*, backends chosen from *settings*."""
     if settings.redis_url:
@@ -503,12 +544,21 @@ def wire_builtin_services(registry: Registry, settings: Settings) -> None:
     registry.register_factory(DownloadStore, _download_store)
     registry.register_factory(HubService, _hub)
     registry.register_factory(AliasService, _aliases)
+    registry.register_factory(CatalogStore, _catalog_store)
+    registry.register_factory(ModelCatalog, _catalog)
+    registry.register_factory(LiteLLMService, _litellm)
+    registry.register_factory(IntegrationService, _integration)
     registry.register_factory(AccessRequestService, _access_requests)
 
 
-def eager_services() -> tuple[type[Any], ...]:
+def eager_services(settings: Settings) -> tuple[type[Any], ...]:
     """Services built when the app starts (after migrations), in this order.
 
-    Services with background work (:class:`maaskit.app.BackgroundService`) are started then.
+    Services with background work (:class:`maaskit.app.BackgroundService`) are started then:
+    the usage flusher, the key-invalidation listener and, with LiteLLM configured, the scheduled
+    model sync.
     """
-    return (SettingsService, UsageService, ApiKeyService)
+    eager: tuple[type[Any], ...] = (SettingsService, UsageService, ApiKeyService)
+    if settings.litellm_url and settings.litellm_master_key:
+        eager += (IntegrationService,)
+    return eager

@@ -79,8 +79,8 @@ async def test_background_services_start_and_stop() -> None:
 
     original = wiring.eager_services
 
-    def eager() -> tuple[type[Any], ...]:
-        return (*original(), Worker)
+    def eager(settings: Any) -> tuple[type[Any], ...]:
+        return (*original(settings), Worker)
 
     wiring.eager_services = eager  # type: ignore[assignment]
     try:

@@ -127,7 +127,8 @@ class CatalogModel:
         available: ``False`` once the model is gone upstream (rows are never deleted).
         local_overrides: fields edited locally (see :class:`ConflictPolicy`).
         source: where the row came from (``"litellm"``, ``"fallback"``, ``"static"``, ...).
-        created_at, updated_at: timestamps (aware UTC).
+        created_at: when the row was created (aware UTC).
+        updated_at: when it last changed (aware UTC).
         unavailable_since: when the model became unavailable.
     """
 

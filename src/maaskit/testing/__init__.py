@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from maaskit.testing.app import build_test_app, test_settings
     from maaskit.testing.fake_hub import FakeHub
     from maaskit.testing.fake_keyring import FakeKeyring
+    from maaskit.testing.fake_litellm import FakeLiteLLM
     from maaskit.testing.fake_upstream import FakeUpstream
     from maaskit.testing.gateway import running_gateway
 
@@ -25,6 +26,7 @@ __all__ = [
     "FakeClock",
     "FakeHub",
     "FakeKeyring",
+    "FakeLiteLLM",
     "FakeUpstream",
     "build_test_app",
     "running_gateway",
@@ -36,6 +38,7 @@ _LAZY = {
     "test_settings": "maaskit.testing.app",
     "FakeHub": "maaskit.testing.fake_hub",
     "FakeKeyring": "maaskit.testing.fake_keyring",
+    "FakeLiteLLM": "maaskit.testing.fake_litellm",
     "FakeUpstream": "maaskit.testing.fake_upstream",
     "running_gateway": "maaskit.testing.gateway",
 }
