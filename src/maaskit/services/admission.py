@@ -27,22 +27,25 @@ Example::
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
-import uuid
 from collections.abc import Mapping
-from typing import Any, Literal, Protocol, runtime_checkable
+from datetime import UTC
+from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 import attrs
 
 from maaskit.clock import Clock
 from maaskit.errors import ForbiddenError, NotFoundError, ValidationError
+from maaskit.money import MAX_MICROS
 from maaskit.services.ai_api import Usage
 from maaskit.services.api_keys import ApiKey, ApiKeyService
 from maaskit.services.budget import Settlement
 from maaskit.services.pricing import PricingService
-from maaskit.services.rate_limit import AdmissionLimits, GateDecision, LimitsGate, RateKind
+from maaskit.services.rate_limit import AdmissionPlan, DefaultLimitsGate, GateDecision, LimitsGate, RateKind
 from maaskit.services.tokens_estimate import CharTokenEstimator, TokenEstimator
-from maaskit.services.usage import UsageRecord, UsageService
+from maaskit.services.usage import MAX_ID_LENGTH, UsageRecord, UsageService
 
 __all__ = [
     "MAX_MODEL_NAME_LENGTH",
@@ -51,6 +54,7 @@ __all__ = [
     "DefaultAdmissionService",
     "Remaining",
     "SettleResult",
+    "new_request_id",
     "validate_model_name",
 ]
 
@@ -58,6 +62,38 @@ __all__ = [
 MAX_MODEL_NAME_LENGTH = 256
 # letters, digits and . _ : - @ +, with single '/' between namespace segments
 _MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+\-]*(/[A-Za-z0-9][A-Za-z0-9._:@+\-]*)*$")
+#: Bounds of the per-service caches (validated model names / upstream names, per-key plans).
+_MAX_CACHED_NAMES: Final = 4096
+_MAX_CACHED_PLANS: Final = 100_000
+_MAX_COUNT: Final = 2**63 - 1
+_MAX_LATENCY_MS: Final = 2**31 - 1
+_SOURCES: Final = frozenset(("reported", "estimated"))
+_STATUSES: Final = frozenset(("ok", "error", "cancelled"))
+
+# Request ids: a random per-process prefix (64 bits) plus a counter - unique across replicas and
+# far cheaper than uuid4. A forked child draws a new prefix, so workers never share one.
+_id_prefix = os.urandom(8).hex()
+_id_counter = itertools.count(1)
+
+
+def _reseed_ids() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix = os.urandom(8).hex()
+    _id_counter = itertools.count(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reseed_ids)
+
+
+def new_request_id() -> str:
+    """A request id unique across processes and replicas (random prefix + counter, hex)."""
+    return f"{_id_prefix}{next(_id_counter):x}"
+
+
+def _fits(value: object) -> bool:
+    """Whether *value* is a valid id for a usage record (what :class:`UsageRecord` checks)."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH and value.isprintable()
 
 
 def validate_model_name(model: object) -> str:
@@ -163,6 +199,9 @@ class SettleResult:
     replayed: bool = False
 
 
+_REPLAYED: Final = SettleResult(0, 0, None, replayed=True)
+
+
 @runtime_checkable
 class AdmissionService(Protocol):
     """Authenticate, authorise, rate-limit and reserve budget for a request; settle it after."""
@@ -194,8 +233,25 @@ class AdmissionService(Protocol):
         ...
 
 
+class _KeyPlan:
+    """What admission derives from one ApiKey object (rebuilt when the key object changes)."""
+
+    __slots__ = ("key", "plan", "usage_ok")
+
+    def __init__(self, key: ApiKey, plan: AdmissionPlan, usage_ok: bool) -> None:
+        self.key = key
+        self.plan = plan
+        self.usage_ok = usage_ok
+
+
 class DefaultAdmissionService:
     """The :class:`AdmissionService` over API keys, pricing, the limits gate and usage.
+
+    The hot path keeps three small caches: validated model names, validated upstream names and,
+    per API key object (a changed key is a new object), its limits as an
+    :class:`~maaskit.services.rate_limit.AdmissionPlan`. With a
+    :class:`~maaskit.services.rate_limit.DefaultLimitsGate` over an in-process store the gate is
+    called synchronously.
 
     Args:
         api_keys: validates credentials.
@@ -218,15 +274,27 @@ class DefaultAdmissionService:
         default_max_tokens: int = 4096,
         estimator: TokenEstimator | None = None,
     ) -> None:
-        if isinstance(default_max_tokens, bool) or not isinstance(default_max_tokens, int) or default_max_tokens < 1:
-            raise ValidationError("config.invalid", setting="MAASKIT_DEFAULT_MAX_TOKENS", reason="must be >= 1")
+        if (
+            isinstance(default_max_tokens, bool)
+            or not isinstance(default_max_tokens, int)
+            or default_max_tokens < 1
+        ):
+            raise ValidationError(
+                "config.invalid", setting="MAASKIT_DEFAULT_MAX_TOKENS", reason="must be >= 1"
+            )
         self._keys = api_keys
         self._pricing = pricing
         self._gate = gate
+        self._plan_gate = gate if isinstance(gate, DefaultLimitsGate) else None
+        self._sync_gate = gate if isinstance(gate, DefaultLimitsGate) and gate.synchronous else None
         self._usage = usage
         self._clock = clock
+        self._monotonic = clock.monotonic
         self._default_max_tokens = default_max_tokens
         self._estimator = estimator or CharTokenEstimator()
+        self._models: set[str] = set()
+        self._upstreams: set[str] = set()
+        self._plans: dict[str, _KeyPlan] = {}
 
     def __repr__(self) -> str:
         return f"DefaultAdmissionService(default_max_tokens={self._default_max_tokens})"
@@ -241,37 +309,69 @@ class DefaultAdmissionService:
             raise ValidationError("admission.invalid_max_tokens", reason="larger than any model allows")
         return value
 
+    def _check_model(self, model: object) -> None:
+        validate_model_name(model)
+        assert isinstance(model, str)
+        if model.__class__ is str:
+            models = self._models
+            if len(models) >= _MAX_CACHED_NAMES:
+                models.clear()
+            models.add(model)
+
+    def _plan(self, key: ApiKey) -> _KeyPlan:
+        budget = key.budget_micros
+        plan = AdmissionPlan.simple(
+            key.id,
+            rpm=key.rpm_limit,
+            tpm=key.tpm_limit,
+            budget_account=None if budget is None else "key:" + key.id,
+            budget_limit_micros=budget,
+        )
+        entry = _KeyPlan(
+            key, plan, _fits(key.id) and _fits(key.owner_id) and (key.team_id is None or _fits(key.team_id))
+        )
+        plans = self._plans
+        plans.pop(key.id, None)
+        if len(plans) >= _MAX_CACHED_PLANS:
+            del plans[next(iter(plans))]
+        plans[key.id] = entry
+        return entry
+
     async def admit(
         self, credential: str, model: str, body: Mapping[str, Any], *, max_output_tokens: int | None = None
     ) -> Admission:
         """See :meth:`AdmissionService.admit`."""
         key = await self._keys.validate(credential)
-        validate_model_name(model)
+        if model.__class__ is not str or model not in self._models:
+            self._check_model(model)
         if not key.allows_model(model):
             raise ForbiddenError("admission.model_not_allowed", model=model)
-        if self._pricing.price(model) is None:
+        pricing = self._pricing
+        if pricing.price(model) is None:
             raise NotFoundError("admission.unknown_model", model=model)
         max_tokens = self._max_tokens(body) if max_output_tokens is None else max_output_tokens
         prompt = self._estimator.prompt_tokens(body)
-        reserve = self._pricing.max_cost_micros(model, prompt, max_tokens)
-        budget = key.budget_micros
-        limits = AdmissionLimits.simple(
-            key.id,
-            rpm=key.rpm_limit,
-            tpm=key.tpm_limit,
-            estimated_tokens=prompt + max_tokens,
-            budget_account=None if budget is None else "key:" + key.id,
-            budget_limit_micros=budget,
-            reserve_micros=reserve,
-        )
-        decision = await self._gate.acquire(limits)
-        if decision.refusal is not None:
-            raise decision.refusal
-        return Admission(
-            uuid.uuid4().hex, key, model, max_tokens, prompt, reserve, decision, self._clock.monotonic()
-        )
+        reserve = pricing.max_cost_micros(model, prompt, max_tokens)
+        entry = self._plans.get(key.id)
+        if entry is None or entry.key is not key:
+            entry = self._plan(key)
+        request_id = new_request_id()  # also names the budget reservation
+        estimate = prompt + max_tokens
+        gate = self._sync_gate
+        if gate is not None:
+            decision = gate.acquire_plan_now(entry.plan, estimate, reserve, reservation_id=request_id)
+        elif self._plan_gate is not None:
+            decision = await self._plan_gate.acquire_plan(
+                entry.plan, estimate, reserve, reservation_id=request_id
+            )
+        else:
+            decision = await self._gate.acquire(entry.plan.limits(estimate, reserve))
+        refusal = decision.refusal
+        if refusal is not None:
+            raise refusal
+        return Admission(request_id, key, model, max_tokens, prompt, reserve, decision, self._monotonic())
 
-    def _record(
+    def _usage_record(
         self,
         admission: Admission,
         usage: Usage,
@@ -279,27 +379,76 @@ class DefaultAdmissionService:
         status: Literal["ok", "error", "cancelled"],
         streamed: bool,
         upstream: str | None,
-    ) -> None:
+    ) -> UsageRecord:
+        """The usage row of *admission*, every value checked (before anything is settled)."""
         key = admission.key
-        self._usage.record(
-            UsageRecord(
-                request_id=admission.request_id,
-                key_id=key.id,
-                owner_id=key.owner_id,
-                team_id=key.team_id,
-                model=admission.model,
-                upstream=upstream,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                total_tokens=usage.total_tokens,
-                cost_micros=cost,
-                usage_source=usage.source,
-                status=status,
-                streamed=streamed,
-                latency_ms=max(0, int((self._clock.monotonic() - admission.started) * 1000)),
-                created_at=self._clock.now(),
+        prompt, completion, total = usage.prompt_tokens, usage.completion_tokens, usage.total_tokens
+        latency = int((self._monotonic() - admission.started) * 1000)
+        if latency < 0:
+            latency = 0
+        created_at = self._clock.now()
+        entry = self._plans.get(key.id)
+        if (
+            entry is not None
+            and entry.key is key
+            and entry.usage_ok
+            and (upstream is None or upstream in self._upstreams)
+            and prompt.__class__ is int
+            and completion.__class__ is int
+            and total.__class__ is int
+            and cost.__class__ is int
+            and 0 <= prompt <= _MAX_COUNT
+            and 0 <= completion <= _MAX_COUNT
+            and 0 <= total <= _MAX_COUNT
+            and 0 <= cost <= MAX_MICROS
+            and latency <= _MAX_LATENCY_MS
+            and usage.source in _SOURCES
+            and status in _STATUSES
+            and streamed.__class__ is bool
+            and created_at.tzinfo is UTC
+        ):
+            # Every value is known good (the key's ids were checked when its plan was built,
+            # the model by admit): skip UsageRecord's validators.
+            return UsageRecord._unchecked(
+                admission.request_id,
+                key.id,
+                key.owner_id,
+                admission.model,
+                prompt,
+                completion,
+                total,
+                cost,
+                created_at,
+                key.team_id,
+                upstream,
+                usage.source,
+                status,
+                streamed,
+                latency,
             )
+        record = UsageRecord(
+            request_id=admission.request_id,
+            key_id=key.id,
+            owner_id=key.owner_id,
+            team_id=key.team_id,
+            model=admission.model,
+            upstream=upstream,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=total,
+            cost_micros=cost,
+            usage_source=usage.source,
+            status=status,
+            streamed=streamed,
+            latency_ms=latency,
+            created_at=created_at,
         )
+        if upstream is not None and upstream.__class__ is str:
+            upstreams = self._upstreams
+            if len(upstreams) >= _MAX_CACHED_NAMES:
+                upstreams.clear()
+            upstreams.add(upstream)
+        return record
 
     async def settle(
         self,
@@ -310,25 +459,41 @@ class DefaultAdmissionService:
         streamed: bool = False,
         upstream: str | None = None,
     ) -> SettleResult:
-        """See :meth:`AdmissionService.settle`."""
+        """See :meth:`AdmissionService.settle`.
+
+        Every value is checked before anything is settled: a bad *usage*, *status* or *upstream*
+        raises ``ValidationError`` and leaves the admission open (release it or settle again).
+        """
         if admission.settled:
-            return SettleResult(0, 0, None, replayed=True)
-        admission.settled = True
+            return _REPLAYED
         actual = self._pricing.cost_micros(admission.model, usage.prompt_tokens, usage.completion_tokens)
-        charged = min(actual, admission.reserved_micros)
+        reserved = admission.reserved_micros
+        charged = actual if actual < reserved else reserved
+        record = self._usage_record(admission, usage, charged, status, streamed, upstream)
+        total = usage.total_tokens  # checked by _usage_record
+        admission.settled = True
         ticket = admission.decision.ticket
         settlement = None
         if ticket is not None:
-            settlement = await self._gate.settle(ticket, actual_tokens=usage.total_tokens, actual_micros=charged)
-        self._record(admission, usage, charged, status, streamed, upstream)
+            gate = self._sync_gate
+            if gate is not None:
+                settlement = gate.settle_now(ticket, actual_tokens=total, actual_micros=charged)
+            else:
+                settlement = await self._gate.settle(ticket, actual_tokens=total, actual_micros=charged)
+        self._usage.record(record)
         return SettleResult(charged, actual - charged, settlement)
 
     async def release(self, admission: Admission, *, upstream: str | None = None) -> None:
         """See :meth:`AdmissionService.release`."""
         if admission.settled:
             return
+        record = self._usage_record(admission, Usage(0, 0, 0, "reported"), 0, "error", False, upstream)
         admission.settled = True
         ticket = admission.decision.ticket
         if ticket is not None:
-            await self._gate.release(ticket)
-        self._record(admission, Usage(0, 0, 0, "reported"), 0, "error", False, upstream)
+            gate = self._sync_gate
+            if gate is not None:
+                gate.release_now(ticket)
+            else:
+                await self._gate.release(ticket)
+        self._usage.record(record)

@@ -39,8 +39,10 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import partial
 from typing import Final, Protocol, runtime_checkable
 
 import attrs
@@ -48,8 +50,10 @@ import attrs
 from maaskit.clock import Clock
 from maaskit.errors import MaasError, RateLimitedError, ValidationError
 from maaskit.services.budget import (
+    MAX_BUDGET_MICROS,
     NO_RESET,
     BudgetPeriod,
+    PeriodKind,
     Settlement,
     budget_exceeded,
     log_overage,
@@ -60,14 +64,17 @@ from maaskit.services.budget import (
 from maaskit.storage.ports.limits import (
     MAX_LIMIT_UNITS,
     BudgetLine,
+    LedgerBalance,
     LimitsStore,
     RateAdjust,
     RateOp,
     ReserveRequest,
+    SettleOutcome,
 )
 
 __all__ = [
     "AdmissionLimits",
+    "AdmissionPlan",
     "BudgetCheck",
     "DefaultLimitsGate",
     "DefaultRateLimiter",
@@ -357,6 +364,10 @@ class AdmissionLimits:
     _token_limits: tuple[tuple[str, RateLimit, int], ...] = attrs.field(
         init=False, eq=False, repr=False, hash=False
     )
+    _checks: tuple[tuple[RateLimit, int | None], ...] = attrs.field(
+        init=False, eq=False, repr=False, hash=False
+    )
+    _static_lines: tuple[BudgetLine, ...] | None = attrs.field(init=False, eq=False, repr=False, hash=False)
 
     def __attrs_post_init__(self) -> None:
         ops = tuple(
@@ -366,6 +377,8 @@ class AdmissionLimits:
         tokens = tuple((c.subject, c.limit, c.cost) for c in self.rates if c.limit.kind is RateKind.TOKENS)
         object.__setattr__(self, "_ops", ops)
         object.__setattr__(self, "_token_limits", tokens)
+        object.__setattr__(self, "_checks", tuple((c.limit, c.cost) for c in self.rates))
+        object.__setattr__(self, "_static_lines", _static_lines(self.budgets))
 
     @classmethod
     def simple(
@@ -392,9 +405,123 @@ class AdmissionLimits:
         return cls(tuple(rates), budgets, reserve_micros)
 
 
-@attrs.frozen
+def _static_lines(budgets: tuple[BudgetCheck, ...]) -> tuple[BudgetLine, ...] | None:
+    """The budget lines when no budget ever resets (they never change), else ``None``."""
+    if all(b.period.kind is PeriodKind.NONE for b in budgets):
+        return tuple(BudgetLine(b.account, 0, None, b.limit_micros) for b in budgets)
+    return None
+
+
+class AdmissionPlan:
+    """The reusable part of :class:`AdmissionLimits`: one subject's limits, validated once.
+
+    An API key's rate limits and budget are the same for every request it makes; only the token
+    estimate and the amount to reserve change. Build a plan once per key (and again when the key
+    changes) and call :meth:`DefaultLimitsGate.acquire_plan` per request: nothing is validated
+    or derived again on the hot path. :meth:`limits` turns a plan and the per-request figures into
+    the equivalent :class:`AdmissionLimits` (what any other :class:`LimitsGate` takes).
+
+    Args:
+        rates: the rate checks; the ``cost`` of every tokens check is replaced by the request's
+            token estimate.
+        budgets: the budgets every admission reserves on.
+
+    Raises:
+        ValidationError: ``rate_limit.invalid`` when an item is not a :class:`RateCheck` /
+            :class:`BudgetCheck`.
+    """
+
+    __slots__ = (
+        "_checks",
+        "_op_parts",
+        "_static_lines",
+        "_template",
+        "_token_ops",
+        "_token_positions",
+        "budgets",
+        "rates",
+    )
+
+    def __init__(self, rates: Sequence[RateCheck] = (), budgets: Sequence[BudgetCheck] = ()) -> None:
+        rates = tuple(rates)
+        budgets = tuple(budgets)
+        if not all(isinstance(c, RateCheck) for c in rates):
+            raise ValidationError("rate_limit.invalid", field="rates", reason="expected RateCheck items")
+        if not all(isinstance(b, BudgetCheck) for b in budgets):
+            raise ValidationError("rate_limit.invalid", field="budgets", reason="expected BudgetCheck items")
+        #: The rate checks (the cost of tokens checks is the per-request estimate).
+        self.rates: tuple[RateCheck, ...] = rates
+        #: The budgets every admission reserves on.
+        self.budgets: tuple[BudgetCheck, ...] = budgets
+        # (limit, cost or None for "the estimate") per rate, in order
+        self._checks: tuple[tuple[RateLimit, int | None], ...] = tuple(
+            (c.limit, None if c.limit.kind is RateKind.TOKENS else c.cost) for c in rates
+        )
+        # (store key, cost or None, units, period_ms) per rate
+        self._op_parts: tuple[tuple[str, int | None, int, int], ...] = tuple(
+            (f"{c.limit.kind.value}:{c.subject}", cost, c.limit.limit, c.limit.period_seconds * 1000)
+            for c, (_limit, cost) in zip(rates, self._checks, strict=True)
+        )
+        self._token_ops: tuple[tuple[str, int, int], ...] = tuple(
+            (key, units, period) for key, cost, units, period in self._op_parts if cost is None
+        )
+        self._static_lines = _static_lines(budgets)
+        # the ops with the estimate filled in at these positions
+        self._template = [(key, cost or 0, units, period) for key, cost, units, period in self._op_parts]
+        self._token_positions = tuple(
+            (i, key, units, period)
+            for i, (key, cost, units, period) in enumerate(self._op_parts)
+            if cost is None
+        )
+
+    def __repr__(self) -> str:
+        return f"AdmissionPlan(rates={self.rates!r}, budgets={self.budgets!r})"
+
+    @classmethod
+    def simple(
+        cls,
+        subject: str,
+        *,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        budget_account: str | None = None,
+        budget_limit_micros: int | None = None,
+        period: BudgetPeriod = NO_RESET,
+    ) -> AdmissionPlan:
+        """The common case: one subject with requests/min and tokens/min, and one budget."""
+        base = AdmissionLimits.simple(
+            subject,
+            rpm=rpm,
+            tpm=tpm,
+            budget_account=budget_account,
+            budget_limit_micros=budget_limit_micros,
+            period=period,
+        )
+        return cls(base.rates, base.budgets)
+
+    @property
+    def token_limits(self) -> tuple[tuple[str, RateLimit], ...]:
+        """``(subject, limit)`` of every tokens check."""
+        return tuple((c.subject, c.limit) for c in self.rates if c.limit.kind is RateKind.TOKENS)
+
+    def limits(self, estimated_tokens: int, reserve_micros: int) -> AdmissionLimits:
+        """The :class:`AdmissionLimits` of one request: tokens checks cost *estimated_tokens*.
+
+        Raises:
+            ValidationError: ``rate_limit.invalid`` / ``budget.invalid`` for a bad figure.
+        """
+        _check_cost(estimated_tokens)
+        rates = tuple(
+            c if c.limit.kind is not RateKind.TOKENS else RateCheck(c.subject, c.limit, estimated_tokens)
+            for c in self.rates
+        )
+        return AdmissionLimits(rates, self.budgets, reserve_micros)
+
+
 class GateTicket:
     """What :meth:`LimitsGate.settle` needs to settle an admission (keep it for the call's duration).
+
+    Immutable; compared by value.
 
     Attributes:
         reservation_id: the budget reservation, ``None`` when no budget was checked.
@@ -403,15 +530,89 @@ class GateTicket:
         period_starts: the start (epoch seconds) of each budget's period, in ``budgets`` order.
     """
 
-    reservation_id: str | None
-    reserved_micros: int
-    token_limits: tuple[tuple[str, RateLimit, int], ...]
-    period_starts: tuple[int, ...] = ()
+    __slots__ = ("_estimate", "_period_starts", "_plan", "_reservation_id", "_reserved", "_token_limits")
+
+    def __init__(
+        self,
+        reservation_id: str | None,
+        reserved_micros: int,
+        token_limits: tuple[tuple[str, RateLimit, int], ...],
+        period_starts: tuple[int, ...] = (),
+    ) -> None:
+        self._reservation_id = reservation_id
+        self._reserved = reserved_micros
+        self._token_limits: tuple[tuple[str, RateLimit, int], ...] | None = token_limits
+        self._period_starts = period_starts
+        self._plan: AdmissionPlan | None = None
+        self._estimate = 0
+
+    @classmethod
+    def _of_plan(
+        cls,
+        reservation_id: str | None,
+        reserved_micros: int,
+        plan: AdmissionPlan,
+        estimate: int,
+        period_starts: tuple[int, ...],
+    ) -> GateTicket:
+        # token_limits is derived from the plan only when someone reads it
+        ticket = cls.__new__(cls)
+        ticket._reservation_id = reservation_id
+        ticket._reserved = reserved_micros
+        ticket._token_limits = None
+        ticket._period_starts = period_starts
+        ticket._plan = plan
+        ticket._estimate = estimate
+        return ticket
+
+    @property
+    def reservation_id(self) -> str | None:
+        """The budget reservation, ``None`` when no budget was checked."""
+        return self._reservation_id
+
+    @property
+    def reserved_micros(self) -> int:
+        """The amount reserved on each budget."""
+        return self._reserved
+
+    @property
+    def token_limits(self) -> tuple[tuple[str, RateLimit, int], ...]:
+        """``(subject, limit, estimate)`` of every tokens limit, corrected on settle."""
+        if self._token_limits is None:
+            assert self._plan is not None
+            est = self._estimate
+            self._token_limits = tuple((subject, limit, est) for subject, limit in self._plan.token_limits)
+        return self._token_limits
+
+    @property
+    def period_starts(self) -> tuple[int, ...]:
+        """The start (epoch seconds) of each budget's period, in ``budgets`` order."""
+        return self._period_starts
+
+    def _values(self) -> tuple[object, ...]:
+        return (self._reservation_id, self._reserved, self.token_limits, self._period_starts)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, GateTicket)
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        return (
+            f"GateTicket(reservation_id={self._reservation_id!r}, reserved_micros={self._reserved!r}, "
+            f"token_limits={self.token_limits!r}, period_starts={self._period_starts!r})"
+        )
 
 
-@attrs.frozen
 class GateDecision:
     """The outcome of :meth:`LimitsGate.acquire`.
+
+    Immutable; compared by value. The per-rate decisions of an admission made from an
+    :class:`AdmissionPlan` are only built when :attr:`rates` (or :meth:`headers`) is read.
 
     Attributes:
         allowed: ``True`` when everything passed and was applied; ``False``: nothing was applied.
@@ -421,16 +622,82 @@ class GateDecision:
         refusal: the precise error when refused (rate limits first, then budgets), else ``None``.
     """
 
-    allowed: bool
-    rates: tuple[RateLimitDecision, ...]
-    budget_available_micros: tuple[int, ...]
-    ticket: GateTicket | None
-    refusal: MaasError | None
+    __slots__ = ("_allowed", "_available", "_rates", "_refusal", "_source", "_ticket")
+
+    def __init__(
+        self,
+        allowed: bool,
+        rates: tuple[RateLimitDecision, ...],
+        budget_available_micros: tuple[int, ...],
+        ticket: GateTicket | None,
+        refusal: MaasError | None,
+    ) -> None:
+        self._allowed = allowed
+        self._rates: tuple[RateLimitDecision, ...] | None = rates
+        self._available = budget_available_micros
+        self._ticket = ticket
+        self._refusal = refusal
+        self._source: tuple[tuple[tuple[RateLimit, int | None], ...], int, list[int], int] | None = None
+
+    @classmethod
+    def _admitted(
+        cls,
+        checks: tuple[tuple[RateLimit, int | None], ...],
+        estimate: int,
+        levels: list[int],
+        now_ms: int,
+        available: tuple[int, ...],
+        ticket: GateTicket,
+    ) -> GateDecision:
+        decision = cls.__new__(cls)
+        decision._allowed = True
+        decision._rates = None
+        decision._available = available
+        decision._ticket = ticket
+        decision._refusal = None
+        decision._source = (checks, estimate, levels, now_ms)
+        return decision
+
+    @property
+    def allowed(self) -> bool:
+        """``True`` when everything passed and was applied; ``False``: nothing was applied."""
+        return self._allowed
+
+    @property
+    def rates(self) -> tuple[RateLimitDecision, ...]:
+        """One decision per rate check, in order (headers and remaining counts)."""
+        rates = self._rates
+        if rates is None:
+            assert self._source is not None
+            checks, est, levels, now = self._source
+            rates = tuple(
+                [
+                    _decide(limit, est if cost is None else cost, True, level, now)
+                    for (limit, cost), level in zip(checks, levels, strict=True)
+                ]
+            )
+            self._rates = rates
+        return rates
+
+    @property
+    def budget_available_micros(self) -> tuple[int, ...]:
+        """Per budget, what is left after this reservation (or at the refusal)."""
+        return self._available
+
+    @property
+    def ticket(self) -> GateTicket | None:
+        """Settle with it (``None`` when refused)."""
+        return self._ticket
+
+    @property
+    def refusal(self) -> MaasError | None:
+        """The precise error when refused (rate limits first, then budgets), else ``None``."""
+        return self._refusal
 
     def raise_if_refused(self) -> None:
         """Raise :attr:`refusal` when the admission was refused."""
-        if self.refusal is not None:
-            raise self.refusal
+        if self._refusal is not None:
+            raise self._refusal
 
     def headers(self) -> dict[str, str]:
         """The ``x-ratelimit-*`` headers (the most restrictive decision per kind)."""
@@ -443,6 +710,25 @@ class GateDecision:
         for decision in best.values():
             out.update(decision.headers())
         return out
+
+    def _values(self) -> tuple[object, ...]:
+        return (self._allowed, self.rates, self._available, self._ticket, self._refusal)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, GateDecision)
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        return (
+            f"GateDecision(allowed={self._allowed!r}, rates={self.rates!r}, "
+            f"budget_available_micros={self._available!r}, ticket={self._ticket!r}, "
+            f"refusal={self._refusal!r})"
+        )
 
 
 @runtime_checkable
@@ -464,28 +750,78 @@ class LimitsGate(Protocol):
         ...
 
 
+_RawAdmit = Callable[
+    [Sequence[tuple[str, int, int, int]], str | None, int, Sequence[BudgetLine]],
+    tuple[bool, bool, int, list[int], list[bool], list[list[int]]],
+]
+_RawSettle = Callable[
+    [Sequence[tuple[str, int, int, int]], str | None, int | None],
+    SettleOutcome | None,
+]
+
+
+def _sync_ops(store: object) -> tuple[_RawAdmit, _RawSettle] | None:
+    """The store's synchronous fast path (``sync_ops()``), if it offers one."""
+    offer = getattr(store, "sync_ops", None)
+    if offer is None or not callable(offer):
+        return None
+    ops = offer()
+    return None if ops is None else (ops[0], ops[1])
+
+
+def _check_settle_figures(actual_tokens: object, actual_micros: object) -> None:
+    # exact ints in range pass at once; anything else gets the full check
+    if actual_tokens.__class__ is not int or actual_tokens < 0:
+        _check_count_arg(actual_tokens, "actual_tokens")
+    if actual_micros.__class__ is not int or not 0 <= actual_micros <= MAX_BUDGET_MICROS:
+        validate_micros(actual_micros, field="actual_micros")
+
+
+def _check_count_arg(value: object, field: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValidationError("rate_limit.invalid", field=field, reason="must be an integer >= 0")
+
+
 class DefaultLimitsGate:
     """The :class:`LimitsGate` over a :class:`~maaskit.storage.ports.limits.LimitsStore`.
 
     One ``store.admit`` per :meth:`acquire` and one ``store.settle_admission`` per settle: one
     Redis round trip each with the Redis backend.
 
+    A store that answers without I/O (the in-process
+    :class:`~maaskit.storage.memory.limits.MemoryLimitsStore`) may offer a synchronous fast path
+    through a ``sync_ops()`` method; the gate then skips the coroutine hops and the intermediate
+    records, and :attr:`synchronous` is ``True`` (the ``*_now`` methods work). The results are
+    exactly those of the asynchronous path.
+
     Args:
         store: memory or Redis backend.
         clock: decides the budget periods.
     """
 
-    __slots__ = ("_clock", "_store")
+    __slots__ = ("_clock", "_raw_admit", "_raw_settle", "_store", "_time")
 
     def __init__(self, store: LimitsStore, clock: Clock) -> None:
         self._store = store
         self._clock = clock
+        self._time = clock.time
+        ops = _sync_ops(store)
+        self._raw_admit: _RawAdmit | None = None if ops is None else ops[0]
+        self._raw_settle: _RawSettle | None = None if ops is None else ops[1]
 
     def __repr__(self) -> str:
         return f"DefaultLimitsGate({type(self._store).__name__})"
 
+    @property
+    def synchronous(self) -> bool:
+        """``True`` when the store answers in-process: :meth:`acquire_plan_now` and the other
+        ``*_now`` methods may be called (no I/O, no ``await``)."""
+        return self._raw_admit is not None
+
     async def acquire(self, limits: AdmissionLimits) -> GateDecision:
         """See :meth:`LimitsGate.acquire`."""
+        if self._raw_admit is not None:
+            return self.acquire_now(limits)
         ops = limits._ops
         request: ReserveRequest | None = None
         ends: list[int | None] = []
@@ -507,7 +843,6 @@ class DefaultLimitsGate:
             for c, r in zip(limits.rates, outcome.rates, strict=True)
         )
         available: tuple[int, ...] = ()
-        refusal: MaasError | None = None
         if outcome.reserve is not None:
             available = tuple(
                 max(0, b.limit_micros - bal.committed_micros - bal.reserved_micros)
@@ -521,49 +856,223 @@ class DefaultLimitsGate:
                 tuple(starts),
             )
             return GateDecision(True, decisions, available, ticket, None)
-        for decision in decisions:
-            if not decision.allowed:
-                refusal = decision.error()
-                break
-        if refusal is None and outcome.reserve is not None:
-            for i, (b, bal) in enumerate(zip(limits.budgets, outcome.reserve.balances, strict=True)):
-                if bal.committed_micros + bal.reserved_micros + amount > b.limit_micros:
-                    refusal = budget_exceeded(
-                        b.account,
-                        amount,
-                        bal.committed_micros,
-                        bal.reserved_micros,
-                        b.limit_micros,
-                        ends[i],
-                        now_ts,
-                    )
-                    break
+        balances = () if outcome.reserve is None else outcome.reserve.balances
+        refusal = _refusal(decisions, limits.budgets, balances, amount, ends, now_ts)
         return GateDecision(False, decisions, available, None, refusal)
+
+    def acquire_now(self, limits: AdmissionLimits) -> GateDecision:
+        """The synchronous :meth:`acquire` (only when :attr:`synchronous`).
+
+        Raises:
+            TypeError: the store has no synchronous path.
+        """
+        ticket_of = partial(_ticket_of_limits, limits)
+        return self._admit_sync(
+            limits._checks,
+            0,
+            limits._ops,
+            limits.budgets,
+            limits._static_lines,
+            limits.reserve_micros,
+            None,
+            ticket_of,
+        )
+
+    async def acquire_plan(
+        self,
+        plan: AdmissionPlan,
+        estimated_tokens: int,
+        reserve_micros: int,
+        *,
+        reservation_id: str | None = None,
+    ) -> GateDecision:
+        """:meth:`acquire` of ``plan.limits(estimated_tokens, reserve_micros)``, without building it
+        when the store is in-process.
+
+        *reservation_id* names the budget reservation (it must be unique across processes, e.g.
+        the request id); by default a fresh one is drawn.
+        """
+        if self._raw_admit is not None:
+            return self.acquire_plan_now(
+                plan, estimated_tokens, reserve_micros, reservation_id=reservation_id
+            )
+        return await self.acquire(plan.limits(estimated_tokens, reserve_micros))
+
+    def acquire_plan_now(
+        self,
+        plan: AdmissionPlan,
+        estimated_tokens: int,
+        reserve_micros: int,
+        *,
+        reservation_id: str | None = None,
+    ) -> GateDecision:
+        """The synchronous :meth:`acquire_plan` (only when :attr:`synchronous`).
+
+        Raises:
+            TypeError: the store has no synchronous path.
+            ValidationError: ``rate_limit.invalid`` / ``budget.invalid`` for a bad figure.
+        """
+        est = estimated_tokens
+        if est.__class__ is not int or not 0 <= est <= _MAX_COST:
+            _check_cost(est)
+        amount = reserve_micros
+        if amount.__class__ is not int or not 0 <= amount <= MAX_BUDGET_MICROS:
+            validate_micros(amount, field="reserve_micros")
+        ops = plan._template
+        positions = plan._token_positions
+        if positions:
+            ops = ops.copy()
+            for i, key, units, period in positions:
+                ops[i] = (key, est, units, period)
+        return self._admit_sync(
+            plan._checks, est, ops, plan.budgets, plan._static_lines, amount, reservation_id, plan
+        )
+
+    def _admit_sync(
+        self,
+        checks: tuple[tuple[RateLimit, int | None], ...],
+        est: int,
+        ops: Sequence[tuple[str, int, int, int]],
+        budgets: tuple[BudgetCheck, ...],
+        static_lines: tuple[BudgetLine, ...] | None,
+        amount: int,
+        rid: str | None,
+        ticket_of: AdmissionPlan | Callable[[str | None, tuple[int, ...]], GateTicket],
+    ) -> GateDecision:
+        raw = self._raw_admit
+        if raw is None:
+            raise TypeError("this gate's store has no synchronous path; use the async methods")
+        now_ts = 0.0
+        if budgets:
+            if rid is None:
+                rid = new_reservation_id()
+            lines = static_lines
+            if lines is None:
+                now_ts = self._time()
+                lines = tuple(
+                    BudgetLine(b.account, *b.period.bounds_ts(now_ts), b.limit_micros) for b in budgets
+                )
+                starts = tuple(line.period_start for line in lines)
+            else:
+                starts = (0,) * len(lines)
+            rates_ok, budget_ok, now_ms, levels, allowed, counters = raw(ops, rid, amount, lines)
+            if len(lines) == 1:
+                free = lines[0][3] - counters[0][0] - counters[0][1]
+                available: tuple[int, ...] = (free if free > 0 else 0,)
+            else:
+                available = tuple(
+                    max(0, line.limit_micros - c[0] - c[1]) for line, c in zip(lines, counters, strict=True)
+                )
+        else:
+            rid = None
+            lines = ()
+            starts = ()
+            available = ()
+            rates_ok, budget_ok, now_ms, levels, allowed, counters = raw(ops, None, amount, ())
+        if rates_ok and budget_ok:
+            if isinstance(ticket_of, AdmissionPlan):
+                ticket = GateTicket._of_plan(rid, amount, ticket_of, est, starts)
+            else:
+                ticket = ticket_of(rid, starts)
+            return GateDecision._admitted(checks, est, levels, now_ms, available, ticket)
+        # Refused: nothing was written (the slow path is fine here).
+        decisions = tuple(
+            _decide(limit, est if cost is None else cost, ok, level, now_ms)
+            for (limit, cost), ok, level in zip(checks, allowed, levels, strict=True)
+        )
+        if budgets and now_ts == 0.0:
+            now_ts = self._time()
+        ledger = tuple(LedgerBalance(c[0], c[1], c[2]) for c in counters)
+        refusal = _refusal(decisions, budgets, ledger, amount, [line.period_end for line in lines], now_ts)
+        return GateDecision(False, decisions, available, None, refusal)
+
+    def _adjustments(self, ticket: GateTicket, actual_tokens: int | None) -> list[tuple[str, int, int, int]]:
+        plan = ticket._plan
+        if plan is not None:
+            est = ticket._estimate
+            if actual_tokens is None:  # release: give the estimate back
+                return [(key, -est, units, period) for key, units, period in plan._token_ops] if est else []
+            if actual_tokens == est:
+                return []
+            return [(key, actual_tokens - est, units, period) for key, units, period in plan._token_ops]
+        if actual_tokens is None:
+            return [
+                RateAdjust(f"tokens:{subject}", -est, limit.limit, limit.period_seconds * 1000)
+                for subject, limit, est in ticket.token_limits
+                if est
+            ]
+        return [
+            RateAdjust(f"tokens:{subject}", actual_tokens - est, limit.limit, limit.period_seconds * 1000)
+            for subject, limit, est in ticket.token_limits
+            if actual_tokens != est
+        ]
 
     async def settle(
         self, ticket: GateTicket, *, actual_tokens: int, actual_micros: int
     ) -> Settlement | None:
         """See :meth:`LimitsGate.settle`."""
-        if isinstance(actual_tokens, bool) or not isinstance(actual_tokens, int) or actual_tokens < 0:
-            raise ValidationError(
-                "rate_limit.invalid", field="actual_tokens", reason="must be an integer >= 0"
-            )
-        validate_micros(actual_micros, field="actual_micros")
-        adjustments = [
-            RateAdjust(f"tokens:{subject}", actual_tokens - est, limit.limit, limit.period_seconds * 1000)
-            for subject, limit, est in ticket.token_limits
-            if actual_tokens != est
-        ]
-        outcome = await self._store.settle_admission(adjustments, ticket.reservation_id, actual_micros)
-        if outcome is not None:
+        if self._raw_settle is not None:
+            return self.settle_now(ticket, actual_tokens=actual_tokens, actual_micros=actual_micros)
+        _check_settle_figures(actual_tokens, actual_micros)
+        adjustments = self._adjustments(ticket, actual_tokens)
+        outcome = await self._store.settle_admission(adjustments, ticket.reservation_id, actual_micros)  # type: ignore[arg-type]
+        if outcome is not None and outcome.overage_micros:
+            log_overage(outcome)
+        return outcome
+
+    def settle_now(self, ticket: GateTicket, *, actual_tokens: int, actual_micros: int) -> Settlement | None:
+        """The synchronous :meth:`settle` (only when :attr:`synchronous`).
+
+        Raises:
+            TypeError: the store has no synchronous path.
+        """
+        raw = self._raw_settle
+        if raw is None:
+            raise TypeError("this gate's store has no synchronous path; await settle()")
+        _check_settle_figures(actual_tokens, actual_micros)
+        outcome = raw(self._adjustments(ticket, actual_tokens), ticket._reservation_id, actual_micros)
+        if outcome is not None and outcome.overage_micros:
             log_overage(outcome)
         return outcome
 
     async def release(self, ticket: GateTicket) -> Settlement | None:
         """See :meth:`LimitsGate.release`."""
-        adjustments = [
-            RateAdjust(f"tokens:{subject}", -est, limit.limit, limit.period_seconds * 1000)
-            for subject, limit, est in ticket.token_limits
-            if est
-        ]
-        return await self._store.settle_admission(adjustments, ticket.reservation_id, None)
+        if self._raw_settle is not None:
+            return self.release_now(ticket)
+        adjustments = self._adjustments(ticket, None)
+        return await self._store.settle_admission(adjustments, ticket.reservation_id, None)  # type: ignore[arg-type]
+
+    def release_now(self, ticket: GateTicket) -> Settlement | None:
+        """The synchronous :meth:`release` (only when :attr:`synchronous`).
+
+        Raises:
+            TypeError: the store has no synchronous path.
+        """
+        raw = self._raw_settle
+        if raw is None:
+            raise TypeError("this gate's store has no synchronous path; await release()")
+        return raw(self._adjustments(ticket, None), ticket._reservation_id, None)
+
+
+def _ticket_of_limits(limits: AdmissionLimits, rid: str | None, starts: tuple[int, ...]) -> GateTicket:
+    return GateTicket(rid, limits.reserve_micros, limits._token_limits, starts)
+
+
+def _refusal(
+    decisions: tuple[RateLimitDecision, ...],
+    budgets: tuple[BudgetCheck, ...],
+    balances: Sequence[LedgerBalance],
+    amount: int,
+    ends: Sequence[int | None],
+    now_ts: float,
+) -> MaasError | None:
+    """The precise error of a refused admission: the first refusing rate, else the first budget."""
+    for decision in decisions:
+        if not decision.allowed:
+            return decision.error()
+    for i, (b, bal) in enumerate(zip(budgets, balances, strict=True)):
+        if bal.committed_micros + bal.reserved_micros + amount > b.limit_micros:
+            return budget_exceeded(
+                b.account, amount, bal.committed_micros, bal.reserved_micros, b.limit_micros, ends[i], now_ts
+            )
+    return None

@@ -191,6 +191,67 @@ class UsageRecord:
         """The cost in currency units (exact ``Decimal``)."""
         return from_micros(self.cost_micros)
 
+    @classmethod
+    def _unchecked(
+        cls,
+        request_id: str,
+        key_id: str,
+        owner_id: str,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        total_tokens: int,
+        cost_micros: int,
+        created_at: datetime,
+        team_id: str | None,
+        upstream: str | None,
+        usage_source: UsageSource,
+        status: UsageStatus,
+        streamed: bool,
+        latency_ms: int,
+    ) -> UsageRecord:
+        # Skips validation: only for callers that checked every value themselves (the admission
+        # hot path, which falls back to the validating constructor when in doubt). The slots are
+        # filled through their descriptors: about four times cheaper than the validating path.
+        record = _new(cls)
+        _SET_REQUEST_ID(record, request_id)
+        _SET_KEY_ID(record, key_id)
+        _SET_OWNER_ID(record, owner_id)
+        _SET_MODEL(record, model)
+        _SET_PROMPT(record, prompt_tokens)
+        _SET_COMPLETION(record, completion_tokens)
+        _SET_TOTAL(record, total_tokens)
+        _SET_COST(record, cost_micros)
+        _SET_CREATED(record, created_at)
+        _SET_TEAM(record, team_id)
+        _SET_UPSTREAM(record, upstream)
+        _SET_SOURCE(record, usage_source)
+        _SET_STATUS(record, status)
+        _SET_STREAMED(record, streamed)
+        _SET_LATENCY(record, latency_ms)
+        return record
+
+
+_new = object.__new__
+# the slot descriptors' setters, by field name
+_SLOT_SET: Final = {a.name: UsageRecord.__dict__[a.name].__set__ for a in attrs.fields(UsageRecord)}
+assert len(_SLOT_SET) == 15  # _unchecked sets every field
+_SET_REQUEST_ID = _SLOT_SET["request_id"]
+_SET_KEY_ID = _SLOT_SET["key_id"]
+_SET_OWNER_ID = _SLOT_SET["owner_id"]
+_SET_MODEL = _SLOT_SET["model"]
+_SET_PROMPT = _SLOT_SET["prompt_tokens"]
+_SET_COMPLETION = _SLOT_SET["completion_tokens"]
+_SET_TOTAL = _SLOT_SET["total_tokens"]
+_SET_COST = _SLOT_SET["cost_micros"]
+_SET_CREATED = _SLOT_SET["created_at"]
+_SET_TEAM = _SLOT_SET["team_id"]
+_SET_UPSTREAM = _SLOT_SET["upstream"]
+_SET_SOURCE = _SLOT_SET["usage_source"]
+_SET_STATUS = _SLOT_SET["status"]
+_SET_STREAMED = _SLOT_SET["streamed"]
+_SET_LATENCY = _SLOT_SET["latency_ms"]
+
 
 def _group_by(value: Iterable[str] | str) -> tuple[Dimension, ...]:
     if isinstance(value, str):

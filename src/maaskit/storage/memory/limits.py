@@ -15,12 +15,14 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from maaskit.clock import Clock, SystemClock
 from maaskit.errors import ConflictError, NotFoundError
 from maaskit.storage.ports.limits import (
     AdmitOutcome,
+    BudgetLine,
     LedgerBalance,
     RateAdjust,
     RateOp,
@@ -36,13 +38,9 @@ from maaskit.storage.ports.limits import (
 __all__ = ["MemoryLimitsStore"]
 
 
-class _Reservation:
-    __slots__ = ("amount", "budgets", "outcome")
-
-    def __init__(self, amount: int, budgets: list[list[int]]) -> None:
-        self.amount = amount
-        self.budgets = budgets
-        self.outcome: SettleOutcome | None = None
+# A reservation: [amount, [budget counter, ...], first SettleOutcome or None] (a list: the
+# cheapest mutable record to build on the hot path).
+_Reservation = list[Any]
 
 
 class MemoryLimitsStore:
@@ -55,10 +53,11 @@ class MemoryLimitsStore:
     :meth:`forget_settled` is called; a long-running process should call it periodically.
     """
 
-    __slots__ = ("_budgets", "_clock", "_rates", "_reservations")
+    __slots__ = ("_budgets", "_clock", "_rates", "_reservations", "_time")
 
     def __init__(self, clock: Clock | None = None) -> None:
         self._clock: Clock = clock or SystemClock()
+        self._time = self._clock.time
         self._rates: dict[str, list[int]] = {}
         # (account, period_start) -> [committed, reserved, overage]
         self._budgets: dict[tuple[str, int], list[int]] = {}
@@ -68,7 +67,7 @@ class MemoryLimitsStore:
         return f"MemoryLimitsStore({len(self._rates)} rate keys, {len(self._budgets)} budgets)"
 
     def _now_ms(self) -> int:
-        return int(self._clock.time() * 1000 + 0.001)  # float-safe whole milliseconds
+        return int(self._time() * 1000 + 0.001)  # float-safe whole milliseconds
 
     async def admit(self, rates: Sequence[RateOp], reserve: ReserveRequest | None) -> AdmitOutcome:
         """Check every rate op and the reservation; apply all only if all pass (see the port)."""
@@ -76,55 +75,128 @@ class MemoryLimitsStore:
 
     def admit_now(self, rates: Sequence[RateOp], reserve: ReserveRequest | None) -> AdmitOutcome:
         """The synchronous body of :meth:`admit` (for benchmarks and sync callers)."""
-        now = self._now_ms()
-        ok = True
-        pending: list[tuple[str, int, int]] = []
+        if reserve is None:
+            rates_ok, budget_ok, now, levels, allowed, balances = self.admit_raw(rates, None, 0, ())
+            reserve_outcome = None
+        else:
+            rates_ok, budget_ok, now, levels, allowed, balances = self.admit_raw(
+                rates, reserve.reservation_id, reserve.amount_micros, reserve.lines
+            )
+            reserve_outcome = ReserveOutcome(
+                budget_ok, tuple(LedgerBalance(bal[0], bal[1], bal[2]) for bal in balances)
+            )
+        outcomes = tuple(RateOutcome(ok, level, now) for ok, level in zip(allowed, levels, strict=True))
+        return AdmitOutcome(rates_ok and budget_ok, now, outcomes, reserve_outcome)
+
+    def admit_raw(
+        self,
+        rates: Sequence[tuple[str, int, int, int]],
+        reservation_id: str | None,
+        amount: int,
+        lines: Sequence[BudgetLine],
+    ) -> tuple[bool, bool, int, list[int], list[bool], list[list[int]]]:
+        """:meth:`admit_now` without the records: the synchronous fast path of the limits gate.
+
+        Args:
+            rates: ``(key, cost, limit, period_ms)`` per check (a :class:`RateOp` or a plain tuple).
+            reservation_id: reserve *amount* on every line under this id; ``None``: no budget.
+            amount: micro-dollars to reserve.
+            lines: the budgets (ignored without a reservation id).
+
+        Returns:
+            ``(rates_ok, budget_ok, now_ms, levels, allowed, balances)``: nothing was written
+            unless both flags are true; ``levels`` per check (after this admission when applied,
+            else the current level), ``allowed`` per check, and per line the store's live
+            ``[committed, reserved, overage]`` counter after the reservation (or at the refusal;
+            empty without a reservation id). Read the counters at once and never change them.
+
+        Raises:
+            ConflictError: ``budget.reservation_mismatch`` when the reservation id is taken.
+        """
+        now = int(self._time() * 1000 + 0.001)  # float-safe whole milliseconds
+        rates_ok = True
         table = self._rates
-        checks: list[tuple[bool, int, int]] = []
-        for op in rates:
-            state = table.get(op.key)
+        levels: list[int] = []
+        allowed: list[bool] = []
+        # per op: (state list or None, drained level, ts, wanted level)
+        pending: list[tuple[list[int] | None, int, int, int]] = []
+        for key, cost, limit, period in rates:
+            state = table.get(key)
             if state is None:
                 level, ts = 0, now
             else:
-                level, ts = gcra_drain(state[0], state[1], now, op.limit)
-            want = level + op.cost * op.period_ms
-            if want <= op.limit * op.period_ms:
-                checks.append((True, level, want))
-                pending.append((op.key, want, ts))
+                level, ts = state
+                if now > ts:  # gcra_drain, inlined
+                    level -= (now - ts) * limit
+                    if level < 0:
+                        level = 0
+                    ts = now
+            want = level + cost * period
+            pending.append((state, level, ts, want))
+            if want <= limit * period:
+                allowed.append(True)
             else:
-                ok = False
-                checks.append((False, level, want))
-        reserve_outcome: ReserveOutcome | None = None
+                rates_ok = False
+                allowed.append(False)
+        budget_ok = True
         counters: list[list[int]] = []
-        if reserve is not None:
-            if reserve.reservation_id in self._reservations:
-                raise ConflictError("budget.reservation_mismatch", reservation_id=reserve.reservation_id)
-            amount = reserve.amount_micros
-            budget_ok = True
-            balances: list[LedgerBalance] = []
-            for line in reserve.lines:
-                counter = self._budgets.get((line.account, line.period_start))
+        if reservation_id is not None:
+            reservations = self._reservations
+            if reservation_id in reservations:
+                raise ConflictError("budget.reservation_mismatch", reservation_id=reservation_id)
+            budgets = self._budgets
+            for line in lines:
+                counter = budgets.get((line[0], line[1]))  # (account, period_start)
                 if counter is None:
                     counter = [0, 0, 0]
                 counters.append(counter)
-                if counter[0] + counter[1] + amount > line.limit_micros:
+                if counter[0] + counter[1] + amount > line[3]:  # limit_micros
                     budget_ok = False
-            if budget_ok and ok:
-                for line, counter in zip(reserve.lines, counters, strict=True):
+            if budget_ok and rates_ok:
+                for line, counter in zip(lines, counters, strict=True):
+                    if counter[1] == 0 and counter[0] == 0 and counter[2] == 0:
+                        # possibly new (re-inserting an existing all-zero counter is harmless)
+                        budgets[(line[0], line[1])] = counter
                     counter[1] += amount
-                    self._budgets[(line.account, line.period_start)] = counter
-                self._reservations[reserve.reservation_id] = _Reservation(amount, counters)
-            for counter in counters:
-                balances.append(LedgerBalance(counter[0], counter[1], counter[2]))
-            ok = ok and budget_ok
-            reserve_outcome = ReserveOutcome(budget_ok, tuple(balances))
-        if ok:
-            for key, level, ts in pending:
-                table[key] = [level, ts]
-            outcomes = tuple([RateOutcome(True, want, now) for _, _, want in checks])
+                reservations[reservation_id] = [amount, counters, None]
+        if rates_ok and budget_ok:
+            for (key, _c, _l, _p), (state, _level, ts, want) in zip(rates, pending, strict=True):
+                if state is None:
+                    table[key] = [want, ts]
+                else:
+                    state[0] = want
+                    state[1] = ts
+                levels.append(want)
         else:
-            outcomes = tuple([RateOutcome(passed, level, now) for passed, level, _ in checks])
-        return AdmitOutcome(ok, now, outcomes, reserve_outcome)
+            levels = [p[1] for p in pending]
+        return rates_ok, budget_ok, now, levels, allowed, counters
+
+    def sync_ops(
+        self,
+    ) -> (
+        tuple[
+            Callable[
+                [Sequence[tuple[str, int, int, int]], str | None, int, Sequence[BudgetLine]],
+                tuple[bool, bool, int, list[int], list[bool], list[list[int]]],
+            ],
+            Callable[[Sequence[tuple[str, int, int, int]], str | None, int | None], SettleOutcome | None],
+        ]
+        | None
+    ):
+        """``(admit_raw, settle_now)``: the synchronous fast path a limits gate may use instead of
+        awaiting :meth:`admit` and :meth:`settle_admission` (same results, no coroutine hops).
+
+        ``None`` when a subclass overrides either asynchronous method (its override must run).
+        """
+        cls = type(self)
+        if (
+            cls.admit is not MemoryLimitsStore.admit
+            or cls.settle_admission is not MemoryLimitsStore.settle_admission
+        ):
+            return None
+        if cls.admit_now is not MemoryLimitsStore.admit_now:
+            return None
+        return self.admit_raw, self.settle_now
 
     async def reserve(self, request: ReserveRequest) -> ReserveOutcome:
         """Reserve on every line, all or nothing (see :class:`~maaskit.storage.ports.limits.LedgerStore`)."""
@@ -149,41 +221,43 @@ class MemoryLimitsStore:
 
     def settle_now(
         self,
-        adjustments: Sequence[RateAdjust],
+        adjustments: Sequence[tuple[str, int, int, int]],
         reservation_id: str | None,
         actual_micros: int | None,
     ) -> SettleOutcome | None:
-        """The synchronous body of :meth:`settle_admission`."""
+        """The synchronous body of :meth:`settle_admission` (adjustments may be plain tuples)."""
         outcome: SettleOutcome | None = None
         if reservation_id is not None:
             res = self._reservations.get(reservation_id)
             if res is None:
                 raise NotFoundError("budget.reservation_not_found", reservation_id=reservation_id)
-            if res.outcome is not None:
-                first = res.outcome
-                return SettleOutcome(
-                    first.reservation_id, first.status, first.committed_micros, first.overage_micros, True
-                )
-            amount = res.amount
+            first = res[2]
+            if first is not None:
+                return SettleOutcome(first[0], first[1], first[2], first[3], True)
+            amount = res[0]
             if actual_micros is None:
                 committed, overage, status = 0, 0, SettlementStatus.RELEASED
             else:
                 committed = actual_micros if actual_micros < amount else amount
                 overage = actual_micros - committed
                 status = SettlementStatus.COMMITTED
-            for counter in res.budgets:
+            for counter in res[1]:
                 counter[1] -= amount
                 counter[0] += committed
                 counter[2] += overage
             outcome = SettleOutcome(reservation_id, status, committed, overage, False)
-            res.outcome = outcome
+            res[2] = outcome
         if adjustments:
-            now = self._now_ms()
+            now = int(self._time() * 1000 + 0.001)
             table = self._rates
-            for adj in adjustments:
-                state = table.get(adj.key)
-                level, ts = (0, now) if state is None else gcra_drain(state[0], state[1], now, adj.limit)
-                table[adj.key] = [gcra_adjust(level, adj.delta, adj.limit, adj.period_ms), ts]
+            for key, delta, limit, period_ms in adjustments:  # RateAdjust or plain tuples
+                state = table.get(key)
+                if state is None:
+                    table[key] = [gcra_adjust(0, delta, limit, period_ms), now]
+                else:
+                    level, ts = gcra_drain(state[0], state[1], now, limit)
+                    state[0] = gcra_adjust(level, delta, limit, period_ms)
+                    state[1] = ts
         return outcome
 
     async def balance(self, account: str, period_start: int) -> LedgerBalance:
@@ -199,7 +273,7 @@ class MemoryLimitsStore:
 
     def forget_settled(self) -> int:
         """Drop settled reservations (their idempotency record); returns how many were dropped."""
-        settled = [rid for rid, res in self._reservations.items() if res.outcome is not None]
+        settled = [rid for rid, res in self._reservations.items() if res[2] is not None]
         for rid in settled:
             del self._reservations[rid]
         return len(settled)
