@@ -264,7 +264,7 @@ async def test_migration_downgrade_and_upgrade(db: Database) -> None:
     await db.migrate()
     async with db.connect() as conn:
         assert await conn.run_sync(tables) >= TABLES
-    assert "0006_identity" in await db.current_revisions()
+    assert await db.current_revisions() == Database.head_revisions()
 
 
 def test_time_filters_use_aware_datetimes(clock: FakeClock) -> None:

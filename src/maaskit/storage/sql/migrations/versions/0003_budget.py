@@ -1,7 +1,7 @@
 """budget ledger: per-period counters and reservations
 
 Revision ID: 0003_budget
-Revises: 0001_foundation
+Revises: 0002_api_keys
 Create Date: 2026-11-23
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import maaskit.storage.sql.base
 
 revision = "0003_budget"
-down_revision = "0001_foundation"
+down_revision = "0002_api_keys"
 branch_labels = None
 depends_on = None
 

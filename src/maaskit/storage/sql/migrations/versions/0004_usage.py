@@ -1,7 +1,7 @@
 """usage: maaskit_usage (one row per request, idempotent by request_id)
 
 Revision ID: 0004_usage
-Revises: 0001_foundation
+Revises: 0003_budget
 Create Date: 2026-11-23
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import maaskit.storage.sql.base
 
 revision = "0004_usage"
-down_revision = "0001_foundation"
+down_revision = "0003_budget"
 branch_labels = None
 depends_on = None
 

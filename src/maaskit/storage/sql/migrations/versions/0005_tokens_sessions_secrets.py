@@ -1,7 +1,7 @@
 """tokens, sessions and secrets: deny list, refresh families, sessions, OAuth states, secrets
 
 Revision ID: 0005_tokens_sessions_secrets
-Revises: 0001_foundation
+Revises: 0004_usage
 Create Date: 2026-11-23
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import maaskit.storage.sql.base
 
 revision = "0005_tokens_sessions_secrets"
-down_revision = "0001_foundation"
+down_revision = "0004_usage"
 branch_labels = None
 depends_on = None
 

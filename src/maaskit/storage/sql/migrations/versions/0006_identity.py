@@ -1,7 +1,7 @@
 """identity: users, roles, role assignments, audit log, access requests
 
 Revision ID: 0006_identity
-Revises: 0001_foundation
+Revises: 0005_tokens_sessions_secrets
 Create Date: 2026-11-23
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import maaskit.storage.sql.base
 
 revision = "0006_identity"
-down_revision = "0001_foundation"
+down_revision = "0005_tokens_sessions_secrets"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """catalog: maaskit_catalog_models, maaskit_sync_locks, maaskit_sync_runs
 
 Revision ID: 0007_catalog
-Revises: 0001_foundation
+Revises: 0006_identity
 Create Date: 2026-11-23
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import maaskit.storage.sql.base
 
 revision = "0007_catalog"
-down_revision = "0001_foundation"
+down_revision = "0006_identity"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """downloads: tracked model-file download requests
 
 Revision ID: 0008_downloads
-Revises: 0001_foundation
+Revises: 0007_catalog
 Create Date: 2026-11-23
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import maaskit.storage.sql.base
 
 revision = "0008_downloads"
-down_revision = "0001_foundation"
+down_revision = "0007_catalog"
 branch_labels = None
 depends_on = None
 
