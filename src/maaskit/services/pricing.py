@@ -177,8 +177,11 @@ class ModelPrice:
         Raises:
             ValidationError: ``pricing.invalid_tokens`` for a negative, non-int or huge count.
         """
-        validate_tokens(prompt_tokens, field="prompt_tokens")
-        validate_tokens(completion_tokens, field="completion_tokens")
+        # exact ints in range pass at once; anything else gets the full check (and its error)
+        if prompt_tokens.__class__ is not int or not 0 <= prompt_tokens <= MAX_TOKENS:
+            validate_tokens(prompt_tokens, field="prompt_tokens")
+        if completion_tokens.__class__ is not int or not 0 <= completion_tokens <= MAX_TOKENS:
+            validate_tokens(completion_tokens, field="completion_tokens")
         scaled = prompt_tokens * self._in + completion_tokens * self._out + self._req
         return -(-scaled // self._den)
 
@@ -255,8 +258,14 @@ class StaticPricing:
 
     def cost_micros(self, model: str, prompt_tokens: int, completion_tokens: int) -> int:
         """The cost of a finished call in micro-dollars, rounded up (see :class:`PricingService`)."""
-        return self._require(model).cost_micros(prompt_tokens, completion_tokens)
+        price = self._prices.get(model)
+        if price is None:
+            price = self._require(model)
+        return price.cost_micros(prompt_tokens, completion_tokens)
 
     def max_cost_micros(self, model: str, prompt_tokens_estimate: int, max_tokens: int) -> int:
         """The reservation for a call (see :class:`PricingService`)."""
-        return self._require(model).cost_micros(prompt_tokens_estimate, max_tokens)
+        price = self._prices.get(model)
+        if price is None:
+            price = self._require(model)
+        return price.cost_micros(prompt_tokens_estimate, max_tokens)

@@ -111,15 +111,20 @@ class CharTokenEstimator:
             chars = 0
             count = 0
             for message in messages:
-                if not isinstance(message, Mapping):
+                if message.__class__ is not dict and not isinstance(message, Mapping):
                     continue
                 count += 1
-                chars += len(text_of_content(message.get("content")))
+                content = message.get("content")
+                # the common case (plain string content, no name, no tool calls) stays cheap
+                chars += len(content) if content.__class__ is str else len(text_of_content(content))
                 name = message.get("name")
-                if isinstance(name, str):
+                if name is not None and isinstance(name, str):
                     chars += len(name)
-                chars += _tool_call_chars(message.get("tool_calls"))
-            return self.count_chars(chars) + count * self.per_message + self.per_request
+                tool_calls = message.get("tool_calls")
+                if tool_calls is not None:
+                    chars += _tool_call_chars(tool_calls)
+            tokens = -(-chars // self.chars_per_token) if chars > 0 else 0
+            return tokens + count * self.per_message + self.per_request
         for key in ("input", "prompt"):
             value = body.get(key)
             if isinstance(value, str):
