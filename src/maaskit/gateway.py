@@ -85,21 +85,22 @@ class _Gateway:
         self.settings = app_service.settings
         self._resolved = False
 
-    def _services(self) -> None:
+    async def _services(self) -> None:
         if self._resolved:
             return
-        get = self.app.registry.get
-        self.admission = get(AdmissionService)
-        self.ai = get(AiApiService)
-        self.keys = get(ApiKeyService)
-        self.usage = get(UsageService)
+        # aget: some services (pricing from the model catalog) are built by async factories
+        aget = self.app.registry.aget
+        self.admission = await aget(AdmissionService)
+        self.ai = await aget(AiApiService)
+        self.keys = await aget(ApiKeyService)
+        self.usage = await aget(UsageService)
         self.upstream_name = getattr(getattr(self.ai, "upstream", None), "name", None)
         self._resolved = True
 
     # -- OpenAI-compatible endpoints --------------------------------------------------------
 
     async def chat_completions(self, request: Request) -> Response:
-        self._services()
+        await self._services()
         credential = mk.credential(request)
         body = await _json_body(request, self.settings.max_request_bytes)
         admission = await self.admission.admit(credential, body.get("model"), body)  # type: ignore[arg-type]
@@ -146,7 +147,7 @@ class _Gateway:
         return StreamingResponse(chunks(), headers=headers, media_type="text/event-stream")
 
     async def embeddings(self, request: Request) -> Response:
-        self._services()
+        await self._services()
         credential = mk.credential(request)
         body = await _json_body(request, self.settings.max_request_bytes)
         admission = await self.admission.admit(credential, body.get("model"), body, max_output_tokens=0)  # type: ignore[arg-type]
@@ -159,7 +160,7 @@ class _Gateway:
         return Response(result.body, headers=_headers(admission), media_type="application/json")
 
     async def models(self, request: Request) -> Response:
-        self._services()
+        await self._services()
         key = await self.keys.validate(mk.credential(request))
         if self.settings.model_prices:
             names = sorted(self.settings.model_prices)
@@ -174,8 +175,8 @@ class _Gateway:
 
     # -- admin endpoints ----------------------------------------------------------------------
 
-    def _admin(self, request: Request) -> None:
-        self._services()
+    async def _admin(self, request: Request) -> None:
+        await self._services()
         token = self.settings.admin_token
         if token is None:
             raise ForbiddenError("gateway.admin_disabled")
@@ -184,7 +185,7 @@ class _Gateway:
             raise UnauthenticatedError("gateway.admin_unauthenticated")
 
     async def create_key(self, request: Request) -> Response:
-        self._admin(request)
+        await self._admin(request)
         body = await _json_body(request, 64 * 1024)
         owner = body.get("owner_id")
         if not isinstance(owner, str):
@@ -202,7 +203,7 @@ class _Gateway:
         return JSONResponse({**key_to_dict(created.key), "secret": created.secret}, status_code=201)
 
     async def list_keys(self, request: Request) -> Response:
-        self._admin(request)
+        await self._admin(request)
         params = request.query_params
         keys = await self.keys.list(
             owner_id=params.get("owner_id"),
@@ -212,11 +213,11 @@ class _Gateway:
         return JSONResponse({"data": [key_to_dict(k) for k in keys]})
 
     async def get_key(self, request: Request) -> Response:
-        self._admin(request)
+        await self._admin(request)
         return JSONResponse(key_to_dict(await self.keys.get(request.path_params["key_id"])))
 
     async def rotate_key(self, request: Request) -> Response:
-        self._admin(request)
+        await self._admin(request)
         body = await _json_body(request, 64 * 1024) if await request.body() else {}
         grace = body.get("grace_seconds")
         if grace is not None and (isinstance(grace, bool) or not isinstance(grace, int | Decimal)):
@@ -231,22 +232,22 @@ class _Gateway:
         return JSONResponse(out)
 
     async def revoke_key(self, request: Request) -> Response:
-        self._admin(request)
+        await self._admin(request)
         return JSONResponse(key_to_dict(await self.keys.revoke(request.path_params["key_id"])))
 
     async def enable_key(self, request: Request) -> Response:
-        self._admin(request)
+        await self._admin(request)
         enabled = request.url.path.endswith("/enable")
         return JSONResponse(key_to_dict(await self.keys.set_enabled(request.path_params["key_id"], enabled)))
 
     async def key_budget(self, request: Request) -> Response:
-        self._admin(request)
+        await self._admin(request)
         body = await _json_body(request, 64 * 1024)
         key = await self.keys.update_budget(request.path_params["key_id"], _budget(body))
         return JSONResponse(key_to_dict(key))
 
     async def usage_report(self, request: Request) -> Response:
-        self._admin(request)
+        await self._admin(request)
         params = request.query_params
         start = _datetime(params.get("start")) or datetime.min.replace(tzinfo=self.app.clock.now().tzinfo)
         end = _datetime(params.get("end")) or self.app.clock.now()
