@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -147,7 +147,12 @@ def gateway_factory(gw_fake: FakeUpstream, gw_upstream_url: str, tmp_path: Path)
     """
 
     @asynccontextmanager
-    async def factory(*, app_service: AppService | None = None, **changes: Any) -> AsyncIterator[Gateway]:
+    async def factory(
+        *,
+        app_service: AppService | None = None,
+        overrides: Mapping[type[Any], object] | None = None,
+        **changes: Any,
+    ) -> AsyncIterator[Gateway]:
         values: dict[str, Any] = {
             "upstream_url": gw_upstream_url,
             "upstream_api_key": UPSTREAM_KEY,
@@ -157,7 +162,7 @@ def gateway_factory(gw_fake: FakeUpstream, gw_upstream_url: str, tmp_path: Path)
             "database_url": f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}",
         }
         values.update(changes)
-        service = app_service or create_app(test_settings(**values))
+        service = app_service or create_app(test_settings(**values), overrides=overrides)
         async with running_gateway(app_service=service) as base:
             token = service.settings.admin_token
             assert token is not None
