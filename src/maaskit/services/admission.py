@@ -61,7 +61,8 @@ __all__ = [
 #: Longest model name accepted.
 MAX_MODEL_NAME_LENGTH = 256
 # letters, digits and . _ : - @ +, with single '/' between namespace segments
-_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+\-]*(/[A-Za-z0-9][A-Za-z0-9._:@+\-]*)*$")
+# (matched with fullmatch: "$" would let a trailing newline through)
+_MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+\-]*(/[A-Za-z0-9][A-Za-z0-9._:@+\-]*)*")
 #: Bounds of the per-service caches (validated model names / upstream names, per-key plans).
 _MAX_CACHED_NAMES: Final = 4096
 _MAX_CACHED_PLANS: Final = 100_000
@@ -107,7 +108,7 @@ def validate_model_name(model: object) -> str:
         raise ValidationError("admission.invalid_model", reason="the model must be a non-empty string")
     if len(model) > MAX_MODEL_NAME_LENGTH:
         raise ValidationError("admission.invalid_model", reason="the model name is too long")
-    if not _MODEL_RE.match(model) or ".." in model or "://" in model:
+    if not _MODEL_RE.fullmatch(model) or ".." in model or "://" in model:
         raise ValidationError("admission.invalid_model", reason="the model name has invalid characters")
     return model
 

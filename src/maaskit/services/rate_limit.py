@@ -405,6 +405,9 @@ class AdmissionLimits:
         return cls(tuple(rates), budgets, reserve_micros)
 
 
+_ZERO_START: Final = (0,)
+
+
 def _static_lines(budgets: tuple[BudgetCheck, ...]) -> tuple[BudgetLine, ...] | None:
     """The budget lines when no budget ever resets (they never change), else ``None``."""
     if all(b.period.kind is PeriodKind.NONE for b in budgets):
@@ -924,8 +927,24 @@ class DefaultLimitsGate:
             ops = ops.copy()
             for i, key, units, period in positions:
                 ops[i] = (key, est, units, period)
-        return self._admit_sync(
-            plan._checks, est, ops, plan.budgets, plan._static_lines, amount, reservation_id, plan
+        lines = plan._static_lines
+        if lines is None or len(lines) != 1:
+            return self._admit_sync(plan._checks, est, ops, plan.budgets, lines, amount, reservation_id, plan)
+        # The common case, flat: one budget that never resets.
+        raw = self._raw_admit
+        if raw is None:
+            raise TypeError("this gate's store has no synchronous path; use the async methods")
+        rid = new_reservation_id() if reservation_id is None else reservation_id
+        rates_ok, budget_ok, now_ms, levels, allowed, counters = raw(ops, rid, amount, lines)
+        counter = counters[0]
+        free = lines[0][3] - counter[0] - counter[1]
+        if rates_ok and budget_ok:
+            ticket = GateTicket._of_plan(rid, amount, plan, est, _ZERO_START)
+            return GateDecision._admitted(
+                plan._checks, est, levels, now_ms, (free if free > 0 else 0,), ticket
+            )
+        return self._refused(
+            plan._checks, est, allowed, levels, now_ms, plan.budgets, lines, counters, amount, 0.0
         )
 
     def _admit_sync(
@@ -975,7 +994,22 @@ class DefaultLimitsGate:
             else:
                 ticket = ticket_of(rid, starts)
             return GateDecision._admitted(checks, est, levels, now_ms, available, ticket)
-        # Refused: nothing was written (the slow path is fine here).
+        return self._refused(checks, est, allowed, levels, now_ms, budgets, lines, counters, amount, now_ts)
+
+    def _refused(
+        self,
+        checks: tuple[tuple[RateLimit, int | None], ...],
+        est: int,
+        allowed: list[bool],
+        levels: list[int],
+        now_ms: int,
+        budgets: tuple[BudgetCheck, ...],
+        lines: tuple[BudgetLine, ...],
+        counters: list[list[int]],
+        amount: int,
+        now_ts: float,
+    ) -> GateDecision:
+        """The decision of a refused admission (nothing was written; not a hot path)."""
         decisions = tuple(
             _decide(limit, est if cost is None else cost, ok, level, now_ms)
             for (limit, cost), ok, level in zip(checks, allowed, levels, strict=True)
@@ -983,6 +1017,10 @@ class DefaultLimitsGate:
         if budgets and now_ts == 0.0:
             now_ts = self._time()
         ledger = tuple(LedgerBalance(c[0], c[1], c[2]) for c in counters)
+        available = tuple(
+            max(0, line.limit_micros - bal.committed_micros - bal.reserved_micros)
+            for line, bal in zip(lines, ledger, strict=True)
+        )
         refusal = _refusal(decisions, budgets, ledger, amount, [line.period_end for line in lines], now_ts)
         return GateDecision(False, decisions, available, None, refusal)
 
