@@ -556,9 +556,10 @@ def eager_services(settings: Settings) -> tuple[type[Any], ...]:
 
     Services with background work (:class:`maaskit.app.BackgroundService`) are started then:
     the usage flusher, the key-invalidation listener and, with LiteLLM configured, the scheduled
-    model sync.
+    model sync. Building the admission path here (keys, pricing, limits) also checks its
+    configuration at start-up and lets the sync accessors (``app.admission``) work.
     """
-    eager: tuple[type[Any], ...] = (SettingsService, UsageService, ApiKeyService)
+    eager: tuple[type[Any], ...] = (SettingsService, UsageService, ApiKeyService, AdmissionService)
     if settings.litellm_url and settings.litellm_master_key:
         eager += (IntegrationService,)
     return eager
