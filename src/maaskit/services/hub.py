@@ -553,17 +553,21 @@ class _Tracker:
         return attrs.evolve(base, **changes) if changes else base
 
     async def _write_loop(self) -> None:
-        while True:
+        while not self._closed:
             await self._wake.wait()
             self._wake.clear()
+            if self._closed:
+                return
             try:
                 await self._store.update(self.snapshot())
             except Exception:  # progress writes are best effort; the final write is not
                 log.warning("hub.progress_write_failed", request_id=self.record.id, exc_info=True)
 
     async def close(self) -> None:
+        # Never cancel a write mid-statement: a cancelled database call can invalidate its
+        # connection. Let the writer finish what it is doing, then leave.
         self._closed = True
-        self._writer.cancel()
+        self._wake.set()
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
 
