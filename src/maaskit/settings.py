@@ -18,6 +18,7 @@ through its constructor.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -113,6 +114,12 @@ class Settings(BaseSettings):
     refresh_token_ttl: float = Field(default=30 * 86_400.0, gt=0)
     session_idle_timeout: float = Field(default=1800.0, gt=0)
     session_absolute_timeout: float = Field(default=43_200.0, gt=0)
+    #: Name of the admin session cookie; the ``__Host-`` prefix needs ``cookie_secure``.
+    session_cookie_name: str = Field(default="__Host-maaskit_session", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    #: Mark cookies ``Secure`` (HTTPS only). Turn off only for plain-HTTP local development.
+    cookie_secure: bool = True
+    #: Reverse proxies (CIDRs) whose ``X-Forwarded-For`` is believed for the client IP (login throttling).
+    trusted_proxies: list[str] = Field(default_factory=list)
 
     # -- models and upstreams --------------------------------------------------------------
     litellm_url: str | None = None
@@ -173,8 +180,21 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 16 characters")
         return value
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, value: list[str]) -> list[str]:
+        out = []
+        for entry in value:
+            try:
+                out.append(str(ipaddress.ip_network(entry.strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"{entry[:64]!r} is not an IP address or CIDR network") from None
+        return out
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        if self.session_cookie_name.startswith("__Host-") and not self.cookie_secure:
+            raise ValueError("a __Host- cookie needs cookie_secure (or choose another session_cookie_name)")
         if self.cache_backend == "redis" and not self.redis_url:
             raise ValueError("cache_backend 'redis' needs redis_url")
         if self.session_idle_timeout > self.session_absolute_timeout:
