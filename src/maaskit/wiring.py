@@ -21,6 +21,7 @@ from maaskit.services.ai_api import AiApiService, DefaultAiApiService
 from maaskit.services.aliases import AliasService
 from maaskit.services.api_keys import ApiKeyService, DefaultApiKeyService
 from maaskit.services.audit import AuditLog, DefaultAuditLog
+from maaskit.services.auth import Authenticator, DefaultAuthenticator
 from maaskit.services.cache import CacheService
 from maaskit.services.catalog import ModelCatalog
 from maaskit.services.hub import HubService
@@ -332,6 +333,23 @@ def _users(
     return DefaultUserService(store, rbac, audit, clock, throttle=throttle, revokers=revokers)
 
 
+def _authenticator(
+    settings: Settings,
+    users: UserService,
+    rbac: RbacService,
+    tokens: TokenService,
+    sessions: SessionService,
+    api_keys: ApiKeyService,
+    audit: AuditLog,
+    clock: Clock,
+    user_store: UserStore,
+) -> Authenticator:
+    return DefaultAuthenticator(
+        users, rbac, tokens, sessions, api_keys, audit, clock,
+        admin_token=settings.admin_token, user_store=user_store,
+    )  # fmt: skip
+
+
 def _derive(secret: bytes, purpose: bytes) -> bytes:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -539,6 +557,7 @@ def wire_builtin_services(registry: Registry, settings: Settings) -> None:
     registry.register_factory(SecretService, _secrets)
     registry.register_factory(KeyringService, _keyring)
     registry.register_factory(UserService, _users)
+    registry.register_factory(Authenticator, _authenticator)
 
     # models and upstreams
     registry.register_factory(DownloadStore, _download_store)
