@@ -8,7 +8,10 @@ Routes:
 * ``POST /v1/chat/completions`` (streamed and not), ``POST /v1/embeddings``, ``GET /v1/models``:
   ``Authorization: Bearer mk_...``;
 * ``/admin/keys`` (create, list, get, rotate, revoke, enable/disable, budget) and
-  ``/admin/usage``: ``Authorization: Bearer <MAASKIT_ADMIN_TOKEN>``;
+  ``/admin/usage``, plus the admin API of :mod:`maaskit.admin_api` (login, tokens, users, roles,
+  audit, access requests): every route behind an RBAC permission, for a session cookie (+ CSRF),
+  a bearer JWT, an API key owned by a user, or the break-glass ``MAASKIT_ADMIN_TOKEN`` (role
+  ``admin``);
 * ``GET /health``.
 
 Example::
@@ -21,8 +24,7 @@ Example::
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -34,16 +36,27 @@ from starlette.routing import Route
 
 from maaskit.adapters import starlette as mk
 from maaskit.adapters._http import check_declared_length, parse_json_object
+from maaskit.admin_api import AdminApi
 from maaskit.app import AppService, create_app
-from maaskit.errors import ForbiddenError, UnauthenticatedError, ValidationError
+from maaskit.errors import ValidationError
 from maaskit.money import from_micros, parse_micros, to_micros
 from maaskit.services.admission import Admission, AdmissionService
 from maaskit.services.ai_api import AiApiService, ChatStream, Usage
 from maaskit.services.api_keys import ApiKey, ApiKeyService
+from maaskit.services.audit import AuditOutcome
 from maaskit.services.usage import UsageService
 from maaskit.settings import Settings
 
 __all__ = ["create_gateway", "key_to_dict"]
+
+_Owner = Callable[[], Awaitable[str]]
+
+
+async def _body_owner(request: Request) -> str:
+    owner = (await _json_body(request, 64 * 1024)).get("owner_id")
+    if not isinstance(owner, str):
+        raise ValidationError("http.invalid_request", reason="owner_id must be a string")
+    return owner
 
 
 async def _json_body(request: Request, limit: int) -> dict[str, Any]:
@@ -83,6 +96,7 @@ class _Gateway:
     def __init__(self, app_service: AppService) -> None:
         self.app = app_service
         self.settings = app_service.settings
+        self.admin_api = AdminApi(app_service)
         self._resolved = False
 
     async def _services(self) -> None:
@@ -175,17 +189,34 @@ class _Gateway:
 
     # -- admin endpoints ----------------------------------------------------------------------
 
-    async def _admin(self, request: Request) -> None:
+    async def _admin(
+        self, request: Request, permission: str, *, own: str | None = None, owner: _Owner | None = None
+    ) -> None:
+        """Authenticate (bearer or session cookie + CSRF) and require *permission* through RBAC.
+
+        With *own*, the principal may instead hold *own* when ``await owner()`` is its user (its own
+        keys). The static admin token is the break-glass ``admin`` role. The decision is audited.
+        """
         await self._services()
-        token = self.settings.admin_token
-        if token is None:
-            raise ForbiddenError("gateway.admin_disabled")
-        given = mk.credential(request)
-        if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
-            raise UnauthenticatedError("gateway.admin_unauthenticated")
+        principal = await self.admin_api.principal(request)
+        auth = await self.admin_api.authenticator()
+        if own is not None and owner is not None:
+            await auth.require_for_owner(principal, permission, owner, own_permission=own)
+        else:
+            await auth.require(principal, permission)
+        await auth.audit(
+            principal, "admin.gateway", f"{request.method} {request.url.path}"[:256], AuditOutcome.SUCCESS,
+            details={"permission": permission},
+        )  # fmt: skip
+
+    def _key_owner(self, request: Request) -> _Owner:
+        async def owner() -> str:
+            return (await self.keys.get(request.path_params["key_id"])).owner_id
+
+        return owner
 
     async def create_key(self, request: Request) -> Response:
-        await self._admin(request)
+        await self._admin(request, "keys:manage", own="keys:create", owner=lambda: _body_owner(request))
         body = await _json_body(request, 64 * 1024)
         owner = body.get("owner_id")
         if not isinstance(owner, str):
@@ -203,7 +234,7 @@ class _Gateway:
         return JSONResponse({**key_to_dict(created.key), "secret": created.secret}, status_code=201)
 
     async def list_keys(self, request: Request) -> Response:
-        await self._admin(request)
+        await self._admin(request, "keys:read")
         params = request.query_params
         keys = await self.keys.list(
             owner_id=params.get("owner_id"),
@@ -213,11 +244,11 @@ class _Gateway:
         return JSONResponse({"data": [key_to_dict(k) for k in keys]})
 
     async def get_key(self, request: Request) -> Response:
-        await self._admin(request)
+        await self._admin(request, "keys:read")
         return JSONResponse(key_to_dict(await self.keys.get(request.path_params["key_id"])))
 
     async def rotate_key(self, request: Request) -> Response:
-        await self._admin(request)
+        await self._admin(request, "keys:manage", own="keys:update", owner=self._key_owner(request))
         body = await _json_body(request, 64 * 1024) if await request.body() else {}
         grace = body.get("grace_seconds")
         if grace is not None and (isinstance(grace, bool) or not isinstance(grace, int | Decimal)):
@@ -232,22 +263,22 @@ class _Gateway:
         return JSONResponse(out)
 
     async def revoke_key(self, request: Request) -> Response:
-        await self._admin(request)
+        await self._admin(request, "keys:manage", own="keys:revoke", owner=self._key_owner(request))
         return JSONResponse(key_to_dict(await self.keys.revoke(request.path_params["key_id"])))
 
     async def enable_key(self, request: Request) -> Response:
-        await self._admin(request)
+        await self._admin(request, "keys:manage", own="keys:update", owner=self._key_owner(request))
         enabled = request.url.path.endswith("/enable")
         return JSONResponse(key_to_dict(await self.keys.set_enabled(request.path_params["key_id"], enabled)))
 
     async def key_budget(self, request: Request) -> Response:
-        await self._admin(request)
+        await self._admin(request, "budgets:manage")
         body = await _json_body(request, 64 * 1024)
         key = await self.keys.update_budget(request.path_params["key_id"], _budget(body))
         return JSONResponse(key_to_dict(key))
 
     async def usage_report(self, request: Request) -> Response:
-        await self._admin(request)
+        await self._admin(request, "usage:read")
         params = request.query_params
         start = _datetime(params.get("start")) or datetime.min.replace(tzinfo=self.app.clock.now().tzinfo)
         end = _datetime(params.get("end")) or self.app.clock.now()
@@ -340,6 +371,7 @@ def create_gateway(settings: Settings | None = None, *, app_service: AppService 
         Route("/admin/keys/{key_id}/disable", gw.enable_key, methods=["POST"]),
         Route("/admin/keys/{key_id}/budget", gw.key_budget, methods=["PUT"]),
         Route("/admin/usage", gw.usage_report, methods=["GET"]),
+        *gw.admin_api.routes(),
     ]
     app = Starlette(routes=routes, lifespan=mk.lifespan(service))
     mk.install(app)
