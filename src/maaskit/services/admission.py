@@ -30,13 +30,14 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import time
 from collections.abc import Mapping
 from datetime import UTC
 from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 import attrs
 
-from maaskit.clock import Clock
+from maaskit.clock import Clock, SystemClock
 from maaskit.errors import ForbiddenError, NotFoundError, ValidationError
 from maaskit.money import MAX_MICROS
 from maaskit.services.ai_api import Usage
@@ -290,7 +291,8 @@ class DefaultAdmissionService:
         self._sync_gate = gate if isinstance(gate, DefaultLimitsGate) and gate.synchronous else None
         self._usage = usage
         self._clock = clock
-        self._monotonic = clock.monotonic
+        # the system clock's monotonic() is time.monotonic(): call it directly on the hot path
+        self._monotonic = time.monotonic if type(clock) is SystemClock else clock.monotonic
         self._default_max_tokens = default_max_tokens
         self._estimator = estimator or CharTokenEstimator()
         self._models: set[str] = set()

@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import partial
-from typing import Final, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 import attrs
 
@@ -435,6 +435,7 @@ class AdmissionPlan:
     """
 
     __slots__ = (
+        "_binding",
         "_checks",
         "_op_parts",
         "_static_lines",
@@ -469,6 +470,8 @@ class AdmissionPlan:
             (key, units, period) for key, cost, units, period in self._op_parts if cost is None
         )
         self._static_lines = _static_lines(budgets)
+        # (store, rate states, budget (counter, limit) pairs, counters) of an in-process store
+        self._binding: tuple[object, list[Any], list[tuple[list[int], int]], list[list[int]]] | None = None
         # the ops with the estimate filled in at these positions
         self._template = [(key, cost or 0, units, period) for key, cost, units, period in self._op_parts]
         self._token_positions = tuple(
@@ -763,13 +766,14 @@ _RawSettle = Callable[
 ]
 
 
-def _sync_ops(store: object) -> tuple[_RawAdmit, _RawSettle] | None:
-    """The store's synchronous fast path (``sync_ops()``), if it offers one."""
+def _sync_ops(store: object) -> tuple[Any, ...] | None:
+    """The store's synchronous fast path (``sync_ops()``), if it offers one: ``(admit_raw,
+    settle_now)``, optionally followed by ``(bind, admit_bound)``."""
     offer = getattr(store, "sync_ops", None)
     if offer is None or not callable(offer):
         return None
     ops = offer()
-    return None if ops is None else (ops[0], ops[1])
+    return None if ops is None else tuple(ops)
 
 
 def _check_settle_figures(actual_tokens: object, actual_micros: object) -> None:
@@ -802,7 +806,7 @@ class DefaultLimitsGate:
         clock: decides the budget periods.
     """
 
-    __slots__ = ("_clock", "_raw_admit", "_raw_settle", "_store", "_time")
+    __slots__ = ("_admit_bound", "_bind_store", "_clock", "_raw_admit", "_raw_settle", "_store", "_time")
 
     def __init__(self, store: LimitsStore, clock: Clock) -> None:
         self._store = store
@@ -811,6 +815,11 @@ class DefaultLimitsGate:
         ops = _sync_ops(store)
         self._raw_admit: _RawAdmit | None = None if ops is None else ops[0]
         self._raw_settle: _RawSettle | None = None if ops is None else ops[1]
+        # optional: bind a plan to the store's live state (see MemoryLimitsStore.bind)
+        self._bind_store: Callable[..., tuple[list[Any], list[list[int]]]] | None = None
+        self._admit_bound: Callable[..., tuple[int, list[int]] | None] | None = None
+        if ops is not None and len(ops) > 2:
+            self._bind_store, self._admit_bound = ops[2], ops[3]
 
     def __repr__(self) -> str:
         return f"DefaultLimitsGate({type(self._store).__name__})"
@@ -921,16 +930,36 @@ class DefaultLimitsGate:
         amount = reserve_micros
         if amount.__class__ is not int or not 0 <= amount <= MAX_BUDGET_MICROS:
             validate_micros(amount, field="reserve_micros")
+        lines = plan._static_lines
+        if lines is not None and len(lines) == 1:
+            # The common case: one budget that never resets. With a store that binds, work on its
+            # live state directly: no look-ups, nothing built unless everything passes.
+            binding = plan._binding
+            if binding is None or binding[0] is not self._store:
+                binding = self._bind(plan, lines)
+            if binding is not None:
+                rid = new_reservation_id() if reservation_id is None else reservation_id
+                done = self._admit_bound(binding[1], est, rid, amount, binding[2], binding[3])  # type: ignore[misc]
+                if done is not None:
+                    counter = binding[3][0]
+                    free = lines[0][3] - counter[0] - counter[1]
+                    return GateDecision._admitted(
+                        plan._checks,
+                        est,
+                        done[1],
+                        done[0],
+                        (free if free > 0 else 0,),
+                        GateTicket._of_plan(rid, amount, plan, est, _ZERO_START),
+                    )
+                reservation_id = rid  # refused (or a taken id): the general path says why
         ops = plan._template
         positions = plan._token_positions
         if positions:
             ops = ops.copy()
             for i, key, units, period in positions:
                 ops[i] = (key, est, units, period)
-        lines = plan._static_lines
         if lines is None or len(lines) != 1:
             return self._admit_sync(plan._checks, est, ops, plan.budgets, lines, amount, reservation_id, plan)
-        # The common case, flat: one budget that never resets.
         raw = self._raw_admit
         if raw is None:
             raise TypeError("this gate's store has no synchronous path; use the async methods")
@@ -946,6 +975,24 @@ class DefaultLimitsGate:
         return self._refused(
             plan._checks, est, allowed, levels, now_ms, plan.budgets, lines, counters, amount, 0.0
         )
+
+    def _bind(
+        self, plan: AdmissionPlan, lines: tuple[BudgetLine, ...]
+    ) -> tuple[object, list[Any], list[tuple[list[int], int]], list[list[int]]] | None:
+        """Bind *plan* to the store's live state (when the store offers ``bind``/``admit_bound``)."""
+        if self._admit_bound is None or self._bind_store is None:
+            return None
+        states, counters = self._bind_store(
+            [key for key, _c, _u, _p in plan._op_parts], [(line[0], line[1]) for line in lines]
+        )
+        rates = [
+            (state, cost, units, period)
+            for state, (_key, cost, units, period) in zip(states, plan._op_parts, strict=True)
+        ]
+        budgets = [(counter, line[3]) for counter, line in zip(counters, lines, strict=True)]
+        binding = (self._store, rates, budgets, counters)
+        plan._binding = binding
+        return binding
 
     def _admit_sync(
         self,

@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -57,7 +58,8 @@ class MemoryLimitsStore:
 
     def __init__(self, clock: Clock | None = None) -> None:
         self._clock: Clock = clock or SystemClock()
-        self._time = self._clock.time
+        # the system clock's time() is time.time(): call it directly on the hot path
+        self._time = time.time if type(self._clock) is SystemClock else self._clock.time
         self._rates: dict[str, list[int]] = {}
         # (account, period_start) -> [committed, reserved, overage]
         self._budgets: dict[tuple[str, int], list[int]] = {}
@@ -171,32 +173,89 @@ class MemoryLimitsStore:
             levels = [p[1] for p in pending]
         return rates_ok, budget_ok, now, levels, allowed, counters
 
-    def sync_ops(
-        self,
-    ) -> (
-        tuple[
-            Callable[
-                [Sequence[tuple[str, int, int, int]], str | None, int, Sequence[BudgetLine]],
-                tuple[bool, bool, int, list[int], list[bool], list[list[int]]],
-            ],
-            Callable[[Sequence[tuple[str, int, int, int]], str | None, int | None], SettleOutcome | None],
-        ]
-        | None
-    ):
-        """``(admit_raw, settle_now)``: the synchronous fast path a limits gate may use instead of
-        awaiting :meth:`admit` and :meth:`settle_admission` (same results, no coroutine hops).
+    def bind(
+        self, rate_keys: Sequence[str], budgets: Sequence[tuple[str, int]]
+    ) -> tuple[list[list[int]], list[list[int]]]:
+        """The live state of *rate_keys* and of the *budgets* ``(account, period_start)`` counters.
 
-        ``None`` when a subclass overrides either asynchronous method (its override must run).
+        Missing entries are created empty (``[0, 0]``: a full bucket; ``[0, 0, 0]``: nothing spent),
+        which behaves exactly like an absent one. The store never replaces or drops these lists, so
+        a caller may keep them and pass them to :meth:`admit_bound` for as long as the store lives.
+        """
+        table = self._rates
+        states = [table.setdefault(key, [0, 0]) for key in rate_keys]
+        counters = [self._budgets.setdefault((account, start), [0, 0, 0]) for account, start in budgets]
+        return states, counters
+
+    def admit_bound(
+        self,
+        rates: Sequence[tuple[list[int], int | None, int, int]],
+        estimate: int,
+        reservation_id: str | None,
+        amount: int,
+        budgets: Sequence[tuple[list[int], int]],
+        counters: list[list[int]],
+    ) -> tuple[int, list[int]] | None:
+        """:meth:`admit_raw` over states from :meth:`bind`, for the admission that passes.
+
+        Args:
+            rates: ``(state, cost, limit, period_ms)`` per check; a ``None`` cost is *estimate*.
+            estimate: the cost of the checks without one (a token estimate).
+            reservation_id: the reservation (``None``: no budget).
+            amount: micro-dollars to reserve on every budget.
+            budgets: ``(counter, limit_micros)`` per budget line.
+            counters: the same counters as a list (kept by the reservation).
+
+        Returns:
+            ``(now_ms, levels after)`` when everything passed and was applied; ``None`` when
+            anything would refuse (nothing was written: ask :meth:`admit_raw` for the details).
+        """
+        now = int(self._time() * 1000 + 0.001)  # float-safe whole milliseconds
+        levels: list[int] = []
+        stamps: list[int] = []
+        for state, cost, limit, period in rates:  # check only: nothing is written in this loop
+            level, ts = state
+            if now > ts:  # gcra_drain, inlined
+                level -= (now - ts) * limit
+                if level < 0:
+                    level = 0
+                ts = now
+            level += (estimate if cost is None else cost) * period
+            if level > limit * period:
+                return None
+            levels.append(level)
+            stamps.append(ts)
+        if reservation_id is not None:
+            for counter, limit in budgets:
+                if counter[0] + counter[1] + amount > limit:
+                    return None
+            reservations = self._reservations
+            if reservation_id in reservations:
+                return None  # admit_raw raises the conflict
+            for counter, _limit in budgets:
+                counter[1] += amount
+            reservations[reservation_id] = [amount, counters, None]
+        for (state, _c, _l, _p), level, ts in zip(rates, levels, stamps, strict=True):
+            state[0] = level
+            state[1] = ts
+        return now, levels
+
+    def sync_ops(self) -> tuple[Callable[..., Any], ...] | None:
+        """``(admit_raw, settle_now, bind, admit_bound)``: the synchronous fast path a limits gate
+        may use instead of awaiting :meth:`admit` and :meth:`settle_admission` (same results, no
+        coroutine hops).
+
+        ``None`` when a subclass overrides one of the asynchronous methods (its override must run).
         """
         cls = type(self)
+        base = MemoryLimitsStore
         if (
-            cls.admit is not MemoryLimitsStore.admit
-            or cls.settle_admission is not MemoryLimitsStore.settle_admission
+            cls.admit is not base.admit
+            or cls.settle_admission is not base.settle_admission
+            or cls.admit_now is not base.admit_now
         ):
             return None
-        if cls.admit_now is not MemoryLimitsStore.admit_now:
-            return None
-        return self.admit_raw, self.settle_now
+        return self.admit_raw, self.settle_now, self.bind, self.admit_bound
 
     async def reserve(self, request: ReserveRequest) -> ReserveOutcome:
         """Reserve on every line, all or nothing (see :class:`~maaskit.storage.ports.limits.LedgerStore`)."""
@@ -268,8 +327,11 @@ class MemoryLimitsStore:
         return LedgerBalance(counter[0], counter[1], counter[2])
 
     async def reset_rate(self, key: str) -> None:
-        """Forget the rate-limit state of *key*."""
-        self._rates.pop(key, None)
+        """Forget the rate-limit state of *key* (the next request starts with a full bucket)."""
+        state = self._rates.get(key)
+        if state is not None:  # emptied in place: lists handed out by bind() stay live
+            state[0] = 0
+            state[1] = 0
 
     def forget_settled(self) -> int:
         """Drop settled reservations (their idempotency record); returns how many were dropped."""
