@@ -20,6 +20,15 @@ exactly once::
 
 Host pinning: requests always go to the configured base URL; ``api_base``, ``base_url``,
 ``api_key``, ``headers``... in a client's body are removed before forwarding.
+
+Credential pool: given a :class:`~maaskit.services.credentials.CredentialPool`
+(``credentials=``), every request leases a credential of this upstream for the body's model,
+sends it in the credential's header (instead of ``Upstream.api_key``) with the pool's upstream
+model name, reports the outcome (status, ``Retry-After``, reported tokens) and releases it (a
+stream holds its lease until it ends). A 401/403/429 cools that credential down and the same
+attempt moves on to another credential (up to ``credential_failover`` more); when none is left
+the upstream's answer is mapped as usual, and a pool with every credential cooling down raises
+``UnavailableError("credentials.exhausted", retry_after=...)``.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import asyncio
 import inspect
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, Literal, NoReturn, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol, runtime_checkable
 
 import attrs
 import structlog
@@ -53,6 +62,9 @@ from maaskit.services.upstream import (
     UpstreamTransport,
     parse_retry_after,
 )
+
+if TYPE_CHECKING:
+    from maaskit.services.credentials import CredentialPool, Lease
 
 __all__ = [
     "STRIPPED_BODY_KEYS",
@@ -273,6 +285,10 @@ class DefaultAiApiService:
         retry: the retry policy; default :class:`RetryPolicy()` (3 attempts, cap 10 s).
         estimator: token estimator for unreported usage; default :class:`CharTokenEstimator`.
         default_retry_after: ``retry_after`` reported on an upstream 429 without ``Retry-After``.
+        credentials: a credential pool to draw this upstream's credentials from (see the module
+            docs); ``None`` sends ``upstream.api_key``.
+        credential_failover: within one attempt, how many other credentials to try after a
+            401/403/429.
     """
 
     def __init__(
@@ -285,8 +301,15 @@ class DefaultAiApiService:
         retry: RetryPolicy | None = None,
         estimator: TokenEstimator | None = None,
         default_retry_after: float = 1.0,
+        credentials: CredentialPool | None = None,
+        credential_failover: int = 2,
     ) -> None:
+        if not isinstance(credential_failover, int) or not 0 <= credential_failover <= 20:
+            raise ValidationError("upstream.invalid_config", reason="credential_failover must be 0-20")
         self._upstream = upstream
+        self._pool = credentials
+        self._failover = credential_failover
+        self._lease_headers: dict[tuple[str, str], tuple[dict[str, str], dict[str, str]]] = {}
         self._transport = transport
         self._clock = clock if clock is not None else SystemClock()
         self._breaker = breaker if breaker is not None else CircuitBreaker(upstream.name, self._clock)
@@ -304,6 +327,11 @@ class DefaultAiApiService:
     def upstream(self) -> Upstream:
         """The configured upstream."""
         return self._upstream
+
+    @property
+    def credentials(self) -> CredentialPool | None:
+        """The credential pool, if one is used."""
+        return self._pool
 
     @property
     def breaker(self) -> CircuitBreaker:
@@ -329,10 +357,20 @@ class DefaultAiApiService:
                 ``upstream.unreachable``, ``upstream.invalid_response``.
             UnavailableError: ``upstream.circuit_open``.
         """
-        payload, model = self._prepare(body, stream=False)
-        resp = await self._send("POST", self._chat_url, self._json_headers, payload, model=model)
-        data = self._parse_object(resp.body)
-        usage = Usage.from_reported(data.get("usage"))
+        if self._pool is not None:
+            out, model = self._prepare_out(body, stream=False)
+            resp, lease = await self._send_pooled("POST", self._chat_url, out, model=model)
+            reported: Usage | None = None
+            try:
+                data = self._parse_object(resp.body)
+                usage = reported = Usage.from_reported(data.get("usage"))
+            finally:
+                lease.release(tokens=reported.total_tokens if reported is not None else None)
+        else:
+            payload, model = self._prepare(body, stream=False)
+            resp = await self._send("POST", self._chat_url, self._json_headers, payload, model=model)
+            data = self._parse_object(resp.body)
+            usage = Usage.from_reported(data.get("usage"))
         if usage is None:
             usage = Usage.estimated(
                 self._estimator.prompt_tokens(body),
@@ -350,33 +388,61 @@ class DefaultAiApiService:
         :meth:`chat_completion`'s. *on_complete* is called exactly once with the final usage,
         once the stream was started and then ended, broke off or was abandoned.
         """
-        payload, model, wants_usage = self._prepare_stream(body)
+        out, model, wants_usage = self._prepare_stream_out(body)
+        payload: bytes | dict[str, Any] = out if self._pool is not None else self._dump(out)
         return ChatStream(self, payload, body, model, wants_usage, on_complete)
 
     async def embeddings(self, body: Mapping[str, Any]) -> EmbeddingsResult:
         """Send an embeddings request; usage is reported or estimated from ``input``."""
-        payload, model = self._prepare(body, stream=None)
-        resp = await self._send("POST", self._embeddings_url, self._json_headers, payload, model=model)
-        data = self._parse_object(resp.body)
-        usage = Usage.from_reported(data.get("usage"))
+        if self._pool is not None:
+            out, model = self._prepare_out(body, stream=None)
+            resp, lease = await self._send_pooled("POST", self._embeddings_url, out, model=model)
+            reported: Usage | None = None
+            try:
+                data = self._parse_object(resp.body)
+                usage = reported = Usage.from_reported(data.get("usage"))
+            finally:
+                lease.release(tokens=reported.total_tokens if reported is not None else None)
+        else:
+            payload, model = self._prepare(body, stream=None)
+            resp = await self._send("POST", self._embeddings_url, self._json_headers, payload, model=model)
+            data = self._parse_object(resp.body)
+            usage = Usage.from_reported(data.get("usage"))
         if usage is None:
             usage = Usage.estimated(self._estimator.prompt_tokens(body), 0)
         return EmbeddingsResult(response=data, body=resp.body, usage=usage, model=model, status=resp.status)
 
     async def list_models(self) -> ModelList:
         """The upstream's model list (upstream ids, not client-facing aliases)."""
-        resp = await self._send("GET", self._models_url, self._get_headers, None, model=None)
+        if self._pool is not None:
+            resp, lease = await self._send_pooled("GET", self._models_url, None, model=None)
+            lease.release()
+        else:
+            resp = await self._send("GET", self._models_url, self._get_headers, None, model=None)
         return self._model_list(resp.body)
 
     async def test_api_key(self) -> ApiKeyCheck:
-        """``GET /models`` once (no retries, no breaker) and report whether the key works."""
+        """``GET /models`` once (no retries, no breaker) and report whether the key works.
+
+        With a credential pool, one credential of this upstream is leased and checked (its
+        outcome is reported to the pool).
+        """
         started = self._clock.monotonic()
+        lease: Lease | None = None
+        status: int | None = 0
         try:
+            headers = self._get_headers
+            secret = None
+            if self._pool is not None:
+                lease = self._pool.acquire(None, upstream=self._upstream.name)
+                headers = self._headers_for(lease)[1]
+                secret = lease.secret
             resp = await self._transport.request(
-                "GET", self._models_url, headers=self._get_headers, timeout=self._timeouts
+                "GET", self._models_url, headers=headers, timeout=self._timeouts
             )
+            status = resp.status
             if not 200 <= resp.status < 300:
-                self._raise_for_status(resp, None)
+                self._raise_for_status(resp, None, secret)
             models = self._model_list(resp.body)
         except MaasError as exc:
             status = exc.params.get("status")
@@ -386,6 +452,12 @@ class DefaultAiApiService:
         except TransportError as exc:
             code = self._transport_error(exc).code
             return ApiKeyCheck(False, None, code, self._since(started))
+        finally:
+            if lease is not None:
+                retry_after = None
+                if status in (401, 403, 429):
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._clock)
+                lease.release(status, retry_after=retry_after)
         return ApiKeyCheck(True, resp.status, None, self._since(started), len(models.models))
 
     async def test_model(self, model: str) -> ModelCheck:
@@ -428,15 +500,19 @@ class DefaultAiApiService:
         except (TypeError, ValueError):
             raise ValidationError("upstream.invalid_body", reason="the body is not valid JSON data") from None
 
-    def _prepare(self, body: Mapping[str, Any], *, stream: bool | None) -> tuple[bytes, str]:
+    def _prepare_out(self, body: Mapping[str, Any], *, stream: bool | None) -> tuple[dict[str, Any], str]:
         out, model = self._rewrite(body)
         if stream is False:
             out.pop("stream_options", None)
             if "stream" in out:
                 out["stream"] = False
+        return out, model
+
+    def _prepare(self, body: Mapping[str, Any], *, stream: bool | None) -> tuple[bytes, str]:
+        out, model = self._prepare_out(body, stream=stream)
         return self._dump(out), model
 
-    def _prepare_stream(self, body: Mapping[str, Any]) -> tuple[bytes, str, bool]:
+    def _prepare_stream_out(self, body: Mapping[str, Any]) -> tuple[dict[str, Any], str, bool]:
         out, model = self._rewrite(body)
         options = out.get("stream_options")
         options = dict(options) if isinstance(options, Mapping) else {}
@@ -444,7 +520,133 @@ class DefaultAiApiService:
         options["include_usage"] = True
         out["stream"] = True
         out["stream_options"] = options
+        return out, model, wants_usage
+
+    def _prepare_stream(self, body: Mapping[str, Any]) -> tuple[bytes, str, bool]:
+        out, model, wants_usage = self._prepare_stream_out(body)
         return self._dump(out), model, wants_usage
+
+    def _headers_for(self, lease: Lease) -> tuple[dict[str, str], dict[str, str]]:
+        """``(json_headers, get_headers)`` for *lease*'s credential (cached per header value)."""
+        key = (lease.header_name, lease.header_value)
+        found = self._lease_headers.get(key)
+        if found is None:
+            base = dict(self._upstream.headers)
+            base[key[0]] = key[1]
+            found = ({**base, "Content-Type": "application/json"}, base)
+            if len(self._lease_headers) >= 1024:
+                self._lease_headers.clear()
+            self._lease_headers[key] = found
+        return found
+
+    async def _send_pooled(
+        self,
+        method: str,
+        url: str,
+        out: dict[str, Any] | None,
+        *,
+        model: str | None,
+        stream: bool = False,
+    ) -> tuple[UpstreamResponse, Lease]:
+        """Like :meth:`_send`, each attempt with a credential leased from the pool.
+
+        Returns the 2xx response with its lease (already reported successful; the caller
+        releases it). Non-2xx answers release their lease with the outcome and are mapped.
+        """
+        pool = self._pool
+        assert pool is not None
+        breaker = self._breaker
+        probe = breaker.before_call()
+        transport = self._transport
+        timeouts = self._timeouts
+        clock = self._clock
+        name = self._upstream.name
+        upstream_map = self._upstream.model_map
+        failover = self._failover
+        tried: set[str] = set()
+        payloads: dict[str, bytes] = {}
+        held: list[Lease] = []
+        last_secret: list[str] = [""]
+
+        def payload_for(lease: Lease) -> bytes | None:
+            if out is None:
+                return None
+            target = lease.upstream_model if lease.mapped else upstream_map.get(model or "", model)
+            key = target or ""
+            found = payloads.get(key)
+            if found is None:
+                out["model"] = target
+                found = payloads[key] = self._dump(out)
+            return found
+
+        async def attempt() -> UpstreamResponse:
+            lease = pool.acquire(model, upstream=name, exclude=tried)
+            hops = 0
+            while True:
+                tried.add(lease.credential_id)
+                last_secret[0] = lease.secret
+                json_headers, get_headers = self._headers_for(lease)
+                try:
+                    resp = await transport.request(
+                        method,
+                        url,
+                        headers=json_headers if out is not None else get_headers,
+                        json_body=payload_for(lease),
+                        timeout=timeouts,
+                        stream=stream,
+                    )
+                except TransportError:
+                    lease.release(0)
+                    raise
+                except BaseException:
+                    lease.release()
+                    raise
+                status = resp.status
+                if 200 <= status < 300:
+                    lease.report_success()
+                    held.append(lease)
+                    return resp
+                if status not in (401, 403, 429):
+                    lease.release(status)
+                    return resp
+                lease.report_failure(status, parse_retry_after(resp.headers.get("Retry-After"), clock))
+                following: Lease | None = None
+                if hops < failover:
+                    try:
+                        following = pool.acquire(model, upstream=name, exclude=tried)
+                    except MaasError:
+                        following = None
+                lease.release()
+                if following is None:
+                    return resp
+                _log.info("upstream.credential_failover", upstream=name, status=status)
+                await resp.aclose()
+                lease = following
+                hops += 1
+
+        try:
+            resp = await self._retry.call(attempt, clock, name=name)
+        except TransportError as exc:
+            breaker.record_failure(probe)
+            raise self._transport_error(exc) from None
+        except BaseException:
+            breaker.release(probe)
+            for lease in held:
+                lease.release()
+            raise
+        status = resp.status
+        if 200 <= status < 300:
+            breaker.record_success(probe)
+            for extra in held[:-1]:  # only the last 2xx attempt's lease is handed over
+                extra.release()
+            return resp, held[-1]
+        for lease in held:
+            lease.release()
+        if status >= 500 or status == 408:
+            breaker.record_failure(probe)
+        else:
+            breaker.record_success(probe)
+        self._raise_for_status(resp, model, last_secret[0])
 
     async def _send(
         self,
@@ -492,7 +694,9 @@ class DefaultAiApiService:
             return UpstreamError("upstream.timeout", upstream=name)
         return UpstreamError("upstream.invalid_response", upstream=name, reason="the connection broke off")
 
-    def _raise_for_status(self, resp: UpstreamResponse, model: str | None) -> NoReturn:
+    def _raise_for_status(
+        self, resp: UpstreamResponse, model: str | None, secret: str | None = None
+    ) -> NoReturn:
         status = resp.status
         name = self._upstream.name
         _log.debug("upstream.error_status", upstream=name, status=status)
@@ -509,11 +713,14 @@ class DefaultAiApiService:
             )
         if status in (400, 413, 422):
             raise ValidationError(
-                "upstream.bad_request", upstream=name, status=status, reason=self._upstream_message(resp.body)
+                "upstream.bad_request",
+                upstream=name,
+                status=status,
+                reason=self._upstream_message(resp.body, secret),
             )
         raise UpstreamError("upstream.error", upstream=name, status=status)
 
-    def _upstream_message(self, body: bytes) -> str:
+    def _upstream_message(self, body: bytes, secret: str | None = None) -> str:
         message = ""
         try:
             data = json.loads(body)
@@ -530,6 +737,8 @@ class DefaultAiApiService:
         key = self._upstream.api_key
         if key:
             message = message.replace(key, "***")
+        if secret:
+            message = message.replace(secret, "***")
         message = "".join(ch if ch.isprintable() else " " for ch in message)
         return message[:300]
 
@@ -631,7 +840,7 @@ class ChatStream:
     def __init__(
         self,
         service: DefaultAiApiService,
-        payload: bytes,
+        payload: bytes | dict[str, Any],
         body: Mapping[str, Any],
         model: str,
         wants_usage: bool,
@@ -644,6 +853,7 @@ class ChatStream:
         self._wants_usage = wants_usage
         self._on_complete = on_complete
         self._resp: UpstreamResponse | None = None
+        self._lease: Lease | None = None
         self._gen: AsyncIterator[bytes] | None = None
         self._started = False
         self._closed = False
@@ -664,9 +874,15 @@ class ChatStream:
             raise RuntimeError("the stream is closed")
         self._started = True
         service = self._service
-        resp = await service._send(
-            "POST", service._chat_url, service._json_headers, self._payload, model=self.model, stream=True
-        )
+        payload = self._payload
+        if isinstance(payload, dict):
+            resp, self._lease = await service._send_pooled(
+                "POST", service._chat_url, payload, model=self.model, stream=True
+            )
+        else:
+            resp = await service._send(
+                "POST", service._chat_url, service._json_headers, payload, model=self.model, stream=True
+            )
         self._resp = resp
         self.status = resp.status
         self.headers = resp.headers
@@ -720,6 +936,10 @@ class ChatStream:
         self._closed = True
         pending = self._finalize() if self._started and self._resp is not None else None
         resp, self._resp = self._resp, None
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            reported = self._reported
+            lease.release(tokens=reported.total_tokens if reported is not None else None)
         try:
             if resp is not None:
                 await resp.aclose()

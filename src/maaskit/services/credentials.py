@@ -56,20 +56,22 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from operator import attrgetter
 from types import MappingProxyType
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 import structlog
 
 from maaskit.clock import Clock, SystemClock
 from maaskit.errors import MaasError, NotFoundError, UnavailableError, ValidationError
-from maaskit.services.secrets import SecretService
 from maaskit.storage.ports.credentials import (
     CredentialRecord,
     CredentialStore,
     CredentialUsage,
     CredentialUsageDelta,
 )
+
+if TYPE_CHECKING:
+    from maaskit.services.secrets import SecretService
 
 __all__ = [
     "DEFAULT_COOLDOWN_STATUSES",
