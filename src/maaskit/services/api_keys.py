@@ -24,7 +24,9 @@ import enum
 import hashlib
 import hmac
 import math
+import re
 import secrets
+import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Mapping
@@ -36,7 +38,7 @@ import structlog
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from maaskit.clock import Clock
+from maaskit.clock import Clock, SystemClock
 from maaskit.errors import ConflictError, NotFoundError, UnauthenticatedError, ValidationError
 from maaskit.money import parse_micros
 from maaskit.storage.ports.api_keys import ApiKeyRecord, ApiKeyStore, KeyInvalidationBus
@@ -69,6 +71,8 @@ _CHECK_CHARS: Final = 6  # 62**6 > 2**32
 #: Length of every well-formed key: prefix + 43 random + 6 checksum characters = 52.
 KEY_LENGTH: Final = len(KEY_PREFIX) + _RANDOM_CHARS + _CHECK_CHARS
 _BODY_END: Final = len(KEY_PREFIX) + _RANDOM_CHARS
+# prefix + 49 base62 characters (the length is checked before, so no input is ever scanned twice)
+_KEY_SHAPE: Final = re.compile(r"mk_[0-9A-Za-z]{49}")
 #: The shortest accepted server pepper, in bytes.
 MIN_PEPPER_BYTES: Final = 32
 _MAX_TEXT: Final = 256
@@ -443,7 +447,8 @@ class DefaultApiKeyService:
             raise _invalid("max_cache_entries", "must be a positive integer")
         self._store = store
         self._clock = clock
-        self._time = clock.time
+        # the system clock's time() is time.time(): call it directly on the hot path
+        self._time = time.time if type(clock) is SystemClock else clock.time
         self._pepper = pepper
         # The validation cache is keyed by a keyed BLAKE2b digest of the secret (a MAC under a key
         # derived from the pepper): about four times cheaper per hit than HMAC-SHA256, which is
@@ -566,13 +571,7 @@ class DefaultApiKeyService:
                 whose rotation grace period ended).
         """
         # Inlined is_well_formed_key (the length first: a megabyte of input costs nothing).
-        if (
-            type(secret) is not str
-            or len(secret) != KEY_LENGTH
-            or not secret.startswith(KEY_PREFIX)
-            or not secret.isascii()
-            or not secret[3:].isalnum()
-        ):
+        if type(secret) is not str or len(secret) != KEY_LENGTH or _KEY_SHAPE.fullmatch(secret) is None:
             raise _malformed()
         raw = secret.encode("ascii")
         if _b62_crc(raw[3:_BODY_END]) != secret[_BODY_END:]:
