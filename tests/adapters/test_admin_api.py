@@ -126,7 +126,8 @@ async def test_login_sets_a_host_prefixed_strict_cookie(env: Env) -> None:
         name_value, *attrs = [part.strip() for part in header.split(";")]
         assert name_value.startswith(COOKIE + "=")
         lowered = {a.split("=")[0].lower(): a for a in attrs}
-        assert "secure" in lowered and "httponly" in lowered
+        assert "secure" in lowered
+        assert "httponly" in lowered
         assert lowered["samesite"] == "SameSite=Strict"
         assert lowered["path"] == "Path=/"
         assert "domain" not in lowered
@@ -135,7 +136,8 @@ async def test_login_sets_a_host_prefixed_strict_cookie(env: Env) -> None:
         assert set(body) == {"csrf_token", "user_id", "roles"}
         assert body["roles"] == ["admin"]
         session_id = name_value.split("=", 1)[1]
-        assert session_id not in reply.text and ADMIN_PW not in reply.text
+        assert session_id not in reply.text
+        assert ADMIN_PW not in reply.text
         # the cookie authenticates
         me = await c.get("/admin/users")
         assert me.status_code == 200
@@ -169,7 +171,8 @@ async def test_cookie_state_change_without_a_valid_csrf_token_is_403(env: Env, t
         )
         assert ok.status_code == 201
     denied = await env.app.audit.query(action="auth.csrf")
-    assert denied and denied[0].outcome.value == "denied"
+    assert denied
+    assert denied[0].outcome.value == "denied"
 
 
 async def test_csrf_token_of_another_session_is_refused(env: Env) -> None:
@@ -223,7 +226,8 @@ async def test_bearer_jwt_path_refresh_and_logout(env: Env) -> None:
         assert reply.status_code == 200
         assert reply.headers["cache-control"] == "no-store"
         pair = reply.json()
-        assert pair["token_type"] == "Bearer" and pair["expires_in"] > 0
+        assert pair["token_type"] == "Bearer"
+        assert pair["expires_in"] > 0
         bearer = {"authorization": f"Bearer {pair['access_token']}"}
         # no CSRF needed with a bearer token
         created = await c.post("/admin/users", json={"username": "carol", "password": PW}, headers=bearer)
@@ -386,7 +390,8 @@ async def test_access_request_workflow_and_no_self_approval(env: Env) -> None:
         listed = await c.get("/admin/access-requests", params={"status": "pending"})
         assert {r["id"] for r in listed.json()["data"]} == {req_id, own.id}
         ok = await c.post(f"/admin/access-requests/{req_id}/approve", json={"role": "member"}, headers=h)
-        assert ok.status_code == 200 and ok.json()["status"] == "approved"
+        assert ok.status_code == 200
+        assert ok.json()["status"] == "approved"
     assert {a.role for a in await env.app.rbac.user_roles(newbie)} == {"member"}
 
 
@@ -415,16 +420,19 @@ async def test_every_admin_action_is_audited(env: Env) -> None:
             reply = await c.request(method, path, json=body)
             assert reply.status_code < 300, (path, reply.text)
             [latest] = await env.app.audit.query(action=action, limit=1)
-            assert latest.actor == "admin_token" and latest.outcome.value == "success"
+            assert latest.actor == "admin_token"
+            assert latest.outcome.value == "success"
             assert latest.details["auth"] == "admin_token"
         # failures are audited too
         missing = await c.post("/admin/users/usr_missing/disable")
         assert missing.status_code == 404
         [failed] = await env.app.audit.query(action="admin.user_disabled", limit=1)
-        assert failed.outcome.value == "failure" and failed.target == "usr_missing"
+        assert failed.outcome.value == "failure"
+        assert failed.target == "usr_missing"
         # the audit endpoint filters
         by_target = (await c.get("/admin/audit", params={"target": uid})).json()["data"]
-        assert by_target and all(e["target"] == uid for e in by_target)
+        assert by_target
+        assert all(e["target"] == uid for e in by_target)
         bad = await c.get("/admin/audit", params={"since": "yesterday"})
         assert bad.status_code == 400
 
