@@ -563,7 +563,6 @@ class DefaultAiApiService:
         name = self._upstream.name
         upstream_map = self._upstream.model_map
         failover = self._failover
-        tried: set[str] = set()
         payloads: dict[str, bytes] = {}
         held: list[Lease] = []
         last_secret: list[str] = [""]
@@ -580,7 +579,8 @@ class DefaultAiApiService:
             return found
 
         async def attempt() -> UpstreamResponse:
-            lease = pool.acquire(model, upstream=name, exclude=tried)
+            tried: set[str] = set()  # credentials this attempt already used (failover)
+            lease = pool.acquire(model, upstream=name)
             hops = 0
             while True:
                 tried.add(lease.credential_id)
