@@ -347,7 +347,8 @@ class DefaultAdmissionService:
         key = await self._keys.validate(credential)
         if model.__class__ is not str or model not in self._models:
             self._check_model(model)
-        if not key.allows_model(model):
+        allowed = key.allowed_models  # ApiKey.allows_model, inlined: empty allows every model
+        if allowed and model not in allowed:
             raise ForbiddenError("admission.model_not_allowed", model=model)
         pricing = self._pricing
         if pricing.price(model) is None:
@@ -358,18 +359,18 @@ class DefaultAdmissionService:
         entry = self._plans.get(key.id)
         if entry is None or entry.key is not key:
             entry = self._plan(key)
-        request_id = new_request_id()  # also names the budget reservation
+        request_id = f"{_id_prefix}{next(_id_counter):x}"  # new_request_id(); also names the reservation
         estimate = prompt + max_tokens
         gate = self._sync_gate
         if gate is not None:
-            decision = gate.acquire_plan_now(entry.plan, estimate, reserve, reservation_id=request_id)
+            decision = gate._acquire_plan_now(entry.plan, estimate, reserve, request_id)
         elif self._plan_gate is not None:
             decision = await self._plan_gate.acquire_plan(
                 entry.plan, estimate, reserve, reservation_id=request_id
             )
         else:
             decision = await self._gate.acquire(entry.plan.limits(estimate, reserve))
-        refusal = decision.refusal
+        refusal = decision._refusal
         if refusal is not None:
             raise refusal
         return Admission(request_id, key, model, max_tokens, prompt, reserve, decision, self._monotonic())
@@ -475,13 +476,14 @@ class DefaultAdmissionService:
         record = self._usage_record(admission, usage, charged, status, streamed, upstream)
         total = usage.total_tokens  # checked by _usage_record
         admission.settled = True
-        ticket = admission.decision.ticket
+        decision = admission.decision
         settlement = None
-        if ticket is not None:
-            gate = self._sync_gate
-            if gate is not None:
-                settlement = gate.settle_now(ticket, actual_tokens=total, actual_micros=charged)
-            else:
+        gate = self._sync_gate
+        if gate is not None and decision._allowed:
+            settlement = gate._settle_admitted_now(decision, total, charged)
+        else:
+            ticket = decision.ticket
+            if ticket is not None:
                 settlement = await self._gate.settle(ticket, actual_tokens=total, actual_micros=charged)
         self._usage.record(record)
         return SettleResult(charged, actual - charged, settlement)
@@ -492,11 +494,12 @@ class DefaultAdmissionService:
             return
         record = self._usage_record(admission, Usage(0, 0, 0, "reported"), 0, "error", False, upstream)
         admission.settled = True
-        ticket = admission.decision.ticket
-        if ticket is not None:
-            gate = self._sync_gate
-            if gate is not None:
-                gate.release_now(ticket)
-            else:
+        decision = admission.decision
+        gate = self._sync_gate
+        if gate is not None and decision._allowed:
+            gate._settle_admitted_now(decision, None, None)
+        else:
+            ticket = decision.ticket
+            if ticket is not None:
                 await self._gate.release(ticket)
         self._usage.record(record)

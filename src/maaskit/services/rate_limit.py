@@ -628,7 +628,7 @@ class GateDecision:
         refusal: the precise error when refused (rate limits first, then budgets), else ``None``.
     """
 
-    __slots__ = ("_allowed", "_available", "_rates", "_refusal", "_source", "_ticket")
+    __slots__ = ("_allowed", "_available", "_plan_ticket", "_rates", "_refusal", "_source", "_ticket")
 
     def __init__(
         self,
@@ -644,6 +644,8 @@ class GateDecision:
         self._ticket = ticket
         self._refusal = refusal
         self._source: tuple[tuple[tuple[RateLimit, int | None], ...], int, list[int], int] | None = None
+        # (reservation id, amount, plan, estimate): the ticket of a plan admission, built when read
+        self._plan_ticket: tuple[str | None, int, AdmissionPlan, int] | None = None
 
     @classmethod
     def _admitted(
@@ -662,6 +664,29 @@ class GateDecision:
         decision._ticket = ticket
         decision._refusal = None
         decision._source = (checks, estimate, levels, now_ms)
+        decision._plan_ticket = None
+        return decision
+
+    @classmethod
+    def _admitted_plan(
+        cls,
+        plan: AdmissionPlan,
+        estimate: int,
+        levels: list[int],
+        now_ms: int,
+        available: tuple[int, ...],
+        reservation_id: str | None,
+        amount: int,
+    ) -> GateDecision:
+        # an admission of a plan whose one budget never resets (period start 0)
+        decision = cls.__new__(cls)
+        decision._allowed = True
+        decision._rates = None
+        decision._available = available
+        decision._ticket = None
+        decision._refusal = None
+        decision._source = (plan._checks, estimate, levels, now_ms)
+        decision._plan_ticket = (reservation_id, amount, plan, estimate)
         return decision
 
     @property
@@ -693,7 +718,11 @@ class GateDecision:
     @property
     def ticket(self) -> GateTicket | None:
         """Settle with it (``None`` when refused)."""
-        return self._ticket
+        ticket = self._ticket
+        if ticket is None and self._plan_ticket is not None:
+            rid, amount, plan, est = self._plan_ticket
+            ticket = self._ticket = GateTicket._of_plan(rid, amount, plan, est, _ZERO_START)
+        return ticket
 
     @property
     def refusal(self) -> MaasError | None:
@@ -718,7 +747,7 @@ class GateDecision:
         return out
 
     def _values(self) -> tuple[object, ...]:
-        return (self._allowed, self.rates, self._available, self._ticket, self._refusal)
+        return (self._allowed, self.rates, self._available, self.ticket, self._refusal)
 
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not self.__class__:
@@ -732,7 +761,7 @@ class GateDecision:
     def __repr__(self) -> str:
         return (
             f"GateDecision(allowed={self._allowed!r}, rates={self.rates!r}, "
-            f"budget_available_micros={self._available!r}, ticket={self._ticket!r}, "
+            f"budget_available_micros={self._available!r}, ticket={self.ticket!r}, "
             f"refusal={self._refusal!r})"
         )
 
@@ -924,6 +953,11 @@ class DefaultLimitsGate:
             TypeError: the store has no synchronous path.
             ValidationError: ``rate_limit.invalid`` / ``budget.invalid`` for a bad figure.
         """
+        return self._acquire_plan_now(plan, estimated_tokens, reserve_micros, reservation_id)
+
+    def _acquire_plan_now(
+        self, plan: AdmissionPlan, estimated_tokens: int, reserve_micros: int, reservation_id: str | None
+    ) -> GateDecision:
         est = estimated_tokens
         if est.__class__ is not int or not 0 <= est <= _MAX_COST:
             _check_cost(est)
@@ -943,13 +977,8 @@ class DefaultLimitsGate:
                 if done is not None:
                     counter = binding[3][0]
                     free = lines[0][3] - counter[0] - counter[1]
-                    return GateDecision._admitted(
-                        plan._checks,
-                        est,
-                        done[1],
-                        done[0],
-                        (free if free > 0 else 0,),
-                        GateTicket._of_plan(rid, amount, plan, est, _ZERO_START),
+                    return GateDecision._admitted_plan(
+                        plan, est, done[1], done[0], (free if free > 0 else 0,), rid, amount
                     )
                 reservation_id = rid  # refused (or a taken id): the general path says why
         ops = plan._template
@@ -968,9 +997,8 @@ class DefaultLimitsGate:
         counter = counters[0]
         free = lines[0][3] - counter[0] - counter[1]
         if rates_ok and budget_ok:
-            ticket = GateTicket._of_plan(rid, amount, plan, est, _ZERO_START)
-            return GateDecision._admitted(
-                plan._checks, est, levels, now_ms, (free if free > 0 else 0,), ticket
+            return GateDecision._admitted_plan(
+                plan, est, levels, now_ms, (free if free > 0 else 0,), rid, amount
             )
         return self._refused(
             plan._checks, est, allowed, levels, now_ms, plan.budgets, lines, counters, amount, 0.0
@@ -1074,12 +1102,7 @@ class DefaultLimitsGate:
     def _adjustments(self, ticket: GateTicket, actual_tokens: int | None) -> list[tuple[str, int, int, int]]:
         plan = ticket._plan
         if plan is not None:
-            est = ticket._estimate
-            if actual_tokens is None:  # release: give the estimate back
-                return [(key, -est, units, period) for key, units, period in plan._token_ops] if est else []
-            if actual_tokens == est:
-                return []
-            return [(key, actual_tokens - est, units, period) for key, units, period in plan._token_ops]
+            return _plan_adjustments(plan, ticket._estimate, actual_tokens)
         if actual_tokens is None:
             return [
                 RateAdjust(f"tokens:{subject}", -est, limit.limit, limit.period_seconds * 1000)
@@ -1120,6 +1143,29 @@ class DefaultLimitsGate:
             log_overage(outcome)
         return outcome
 
+    def _settle_admitted_now(
+        self, decision: GateDecision, actual_tokens: int | None, actual_micros: int | None
+    ) -> Settlement | None:
+        """Settle (or, with ``None`` figures, release) an admitted *decision* of this gate,
+        synchronously, without materialising its ticket."""
+        raw = self._raw_settle
+        parts = decision._plan_ticket
+        if raw is None or parts is None:
+            ticket = decision.ticket
+            if ticket is None:
+                raise TypeError("a refused decision has nothing to settle")
+            if actual_tokens is None or actual_micros is None:
+                return self.release_now(ticket)
+            return self.settle_now(ticket, actual_tokens=actual_tokens, actual_micros=actual_micros)
+        rid, _amount, plan, est = parts
+        if actual_tokens is None:
+            return raw(_plan_adjustments(plan, est, None), rid, None)
+        _check_settle_figures(actual_tokens, actual_micros)
+        outcome = raw(_plan_adjustments(plan, est, actual_tokens), rid, actual_micros)
+        if outcome is not None and outcome.overage_micros:
+            log_overage(outcome)
+        return outcome
+
     async def release(self, ticket: GateTicket) -> Settlement | None:
         """See :meth:`LimitsGate.release`."""
         if self._raw_settle is not None:
@@ -1137,6 +1183,17 @@ class DefaultLimitsGate:
         if raw is None:
             raise TypeError("this gate's store has no synchronous path; await release()")
         return raw(self._adjustments(ticket, None), ticket._reservation_id, None)
+
+
+def _plan_adjustments(
+    plan: AdmissionPlan, est: int, actual_tokens: int | None
+) -> list[tuple[str, int, int, int]]:
+    """The token corrections of a plan admission: ``actual - estimate`` (``None``: a release)."""
+    if actual_tokens is None:  # release: give the estimate back
+        return [(key, -est, units, period) for key, units, period in plan._token_ops] if est else []
+    if actual_tokens == est:
+        return []
+    return [(key, actual_tokens - est, units, period) for key, units, period in plan._token_ops]
 
 
 def _ticket_of_limits(limits: AdmissionLimits, rid: str | None, starts: tuple[int, ...]) -> GateTicket:

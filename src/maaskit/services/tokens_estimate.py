@@ -117,12 +117,14 @@ class CharTokenEstimator:
                 content = message.get("content")
                 # the common case (plain string content, no name, no tool calls) stays cheap
                 chars += len(content) if content.__class__ is str else len(text_of_content(content))
-                name = message.get("name")
-                if name is not None and isinstance(name, str):
-                    chars += len(name)
-                tool_calls = message.get("tool_calls")
-                if tool_calls is not None:
-                    chars += _tool_call_chars(tool_calls)
+                if len(message) != 2 or "content" not in message or "role" not in message:
+                    # anything beyond role and content may carry a name or tool calls
+                    name = message.get("name")
+                    if name is not None and isinstance(name, str):
+                        chars += len(name)
+                    tool_calls = message.get("tool_calls")
+                    if tool_calls is not None:
+                        chars += _tool_call_chars(tool_calls)
             tokens = -(-chars // self.chars_per_token) if chars > 0 else 0
             return tokens + count * self.per_message + self.per_request
         for key in ("input", "prompt"):
