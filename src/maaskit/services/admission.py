@@ -43,7 +43,7 @@ from maaskit.money import MAX_MICROS
 from maaskit.services.ai_api import Usage
 from maaskit.services.api_keys import ApiKey, ApiKeyService
 from maaskit.services.budget import Settlement
-from maaskit.services.pricing import PricingService
+from maaskit.services.pricing import PricingService, StaticPricing
 from maaskit.services.rate_limit import AdmissionPlan, DefaultLimitsGate, GateDecision, LimitsGate, RateKind
 from maaskit.services.tokens_estimate import CharTokenEstimator, TokenEstimator
 from maaskit.services.usage import MAX_ID_LENGTH, UsageRecord, UsageService
@@ -286,6 +286,7 @@ class DefaultAdmissionService:
             )
         self._keys = api_keys
         self._pricing = pricing
+        self._static_pricing = type(pricing) is StaticPricing
         self._gate = gate
         self._plan_gate = gate if isinstance(gate, DefaultLimitsGate) else None
         self._sync_gate = gate if isinstance(gate, DefaultLimitsGate) and gate.synchronous else None
@@ -351,11 +352,15 @@ class DefaultAdmissionService:
         if allowed and model not in allowed:
             raise ForbiddenError("admission.model_not_allowed", model=model)
         pricing = self._pricing
-        if pricing.price(model) is None:
+        price = pricing.price(model)
+        if price is None:
             raise NotFoundError("admission.unknown_model", model=model)
         max_tokens = self._max_tokens(body) if max_output_tokens is None else max_output_tokens
         prompt = self._estimator.prompt_tokens(body)
-        reserve = pricing.max_cost_micros(model, prompt, max_tokens)
+        if self._static_pricing:  # StaticPricing.max_cost_micros is exactly the price's cost_micros
+            reserve = price.cost_micros(prompt, max_tokens)
+        else:
+            reserve = pricing.max_cost_micros(model, prompt, max_tokens)
         entry = self._plans.get(key.id)
         if entry is None or entry.key is not key:
             entry = self._plan(key)

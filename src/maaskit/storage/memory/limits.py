@@ -212,19 +212,16 @@ class MemoryLimitsStore:
         """
         now = int(self._time() * 1000 + 0.001)  # float-safe whole milliseconds
         levels: list[int] = []
-        stamps: list[int] = []
         for state, cost, limit, period in rates:  # check only: nothing is written in this loop
             level, ts = state
             if now > ts:  # gcra_drain, inlined
                 level -= (now - ts) * limit
                 if level < 0:
                     level = 0
-                ts = now
             level += (estimate if cost is None else cost) * period
             if level > limit * period:
                 return None
             levels.append(level)
-            stamps.append(ts)
         if reservation_id is not None:
             for counter, limit in budgets:
                 if counter[0] + counter[1] + amount > limit:
@@ -235,9 +232,10 @@ class MemoryLimitsStore:
             for counter, _limit in budgets:
                 counter[1] += amount
             reservations[reservation_id] = [amount, counters, None]
-        for (state, _c, _l, _p), level, ts in zip(rates, levels, stamps, strict=True):
+        for (state, _c, _l, _p), level in zip(rates, levels, strict=True):
             state[0] = level
-            state[1] = ts
+            if state[1] < now:  # time never runs backwards for a counter (see gcra_drain)
+                state[1] = now
         return now, levels
 
     def sync_ops(self) -> tuple[Callable[..., Any], ...] | None:
