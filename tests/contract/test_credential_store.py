@@ -66,7 +66,8 @@ async def test_insert_get_list_update_delete(store: CredentialStore, clock: Fake
     a, b, c = _record(clock, 1), _record(clock, 2, "v", ("gpt-4o", "o1")), _record(clock, 3)
     for r in (c, a, b):
         await store.insert(r)
-    assert await store.get(a.id) == a and await store.get(b.id) == b
+    assert await store.get(a.id) == a
+    assert await store.get(b.id) == b
     assert await store.get("cred_missing") is None
     assert [r.id for r in await store.list()] == [a.id, b.id, c.id]
     assert [r.id for r in await store.list(upstream="v")] == [b.id]
@@ -116,7 +117,9 @@ async def test_usage_adds_up(store: CredentialStore, clock: FakeClock) -> None:
     await store.add_usage([CredentialUsageDelta(a.id, set_cooldown=True)])
     assert (await store.usage())[a.id].cooldown_until is None
     got = await store.get(a.id)
-    assert got is not None and got.enabled is False and got.disabled_reason == "failures"
+    assert got is not None
+    assert got.enabled is False
+    assert got.disabled_reason == "failures"
     assert await store.delete(a.id)
     assert await store.usage() == {}
 
@@ -135,16 +138,20 @@ async def test_pool_on_sql_keeps_secrets_encrypted(sql_db: Database, clock: Fake
     async with sql_db.connect() as conn:
         dumped = []
         for table in (*TABLES, "maaskit_secrets"):
-            rows = (await conn.execute(sa.text(f"SELECT * FROM {table}"))).all()  # noqa: S608
+            rows = (await conn.execute(sa.text(f"SELECT * FROM {table}"))).all()
             dumped.append(repr(rows))
     text = "\n".join(dumped)
-    assert cred.id in text and "credential/" in text
-    assert SECRET not in text and SECRET.encode().hex() not in text
+    assert cred.id in text
+    assert "credential/" in text
+    assert SECRET not in text
+    assert SECRET.encode().hex() not in text
     # a restarted pool reads it back through the secret service, cooldown included
     again = DefaultCredentialPool(SqlCredentialStore(sql_db), secrets=secrets, clock=clock)
     await again.load()
     (stats,) = again.stats()
-    assert stats.requests == 1 and stats.failures == {429: 1} and not stats.available
+    assert stats.requests == 1
+    assert stats.failures == {429: 1}
+    assert not stats.available
     clock.advance(seconds=40)
     lease = again.acquire("m")
     assert lease.header_value == f"session={SECRET}"

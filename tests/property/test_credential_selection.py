@@ -8,6 +8,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from maaskit.errors import UnavailableError
 from maaskit.services.credentials import DefaultCredentialPool, Lease, Strategy, smooth_weighted_schedule
 from maaskit.storage.memory.credentials import MemoryCredentialStore
 from maaskit.testing.clock import FakeClock
@@ -47,7 +48,7 @@ def test_weighted_proportions_exact_over_each_cycle(weights: list[int], cycles: 
 def test_smooth_schedule_never_bunches_beyond_the_weight(weights: list[int]) -> None:
     schedule = smooth_weighted_schedule(weights)
     total = sum(weights)
-    assert Counter(schedule) == {i: w for i, w in enumerate(weights)}
+    assert Counter(schedule) == dict(enumerate(weights))
     # smoothness: in any window of the cycle, index i appears at most ceil(len * w / total) + 1 times
     for i, w in enumerate(weights):
         run = 0
@@ -72,7 +73,7 @@ def test_round_robin_is_fair(n: int, requests: int) -> None:
 @settings(max_examples=60, deadline=None)
 @given(st.integers(1, 8), st.lists(st.tuples(st.booleans(), st.integers(0, 50)), max_size=80))
 def test_least_used_picks_a_minimum_in_flight(n: int, ops: list[tuple[bool, int]]) -> None:
-    pool, ids = _pool(Strategy.LEAST_USED, [1] * n)
+    pool, _ids = _pool(Strategy.LEAST_USED, [1] * n)
     held: list[Lease] = []
     for acquire, index in ops:
         if acquire or not held:
@@ -90,20 +91,23 @@ def test_least_used_picks_a_minimum_in_flight(n: int, ops: list[tuple[bool, int]
 @settings(max_examples=40, deadline=None)
 @given(
     st.lists(st.integers(1, 5), min_size=2, max_size=6),
-    st.lists(st.tuples(st.integers(0, 5), st.sampled_from([200, 401, 429, 500]), st.floats(0, 100)), max_size=40),
+    st.lists(
+        st.tuples(st.integers(0, 5), st.sampled_from([200, 401, 429, 500]), st.floats(0, 100)), max_size=40
+    ),
 )
 def test_never_hands_out_a_cooling_or_disabled_credential(
     weights: list[int], events: list[tuple[int, int, float]]
 ) -> None:
     for strategy in Strategy:
-        pool, ids = _pool(strategy, weights)
+        pool, _ids = _pool(strategy, weights)
         clock = pool._clock
         assert isinstance(clock, FakeClock)
+        codes: set[str] = set()
         for _, status, advance in events:
             try:
                 lease = pool.acquire("m")
-            except Exception as exc:
-                assert getattr(exc, "code", "") in ("credentials.exhausted", "credentials.disabled")
+            except UnavailableError as exc:
+                codes.add(exc.code)
                 clock.advance(seconds=advance)
                 continue
             stats = {s.credential_id: s for s in pool.stats()}
@@ -112,3 +116,4 @@ def test_never_hands_out_a_cooling_or_disabled_credential(
             assert cooldown is None or cooldown <= clock.now()
             lease.release(status, retry_after=advance / 2)
             clock.advance(seconds=advance / 3)
+        assert codes <= {"credentials.exhausted", "credentials.disabled"}

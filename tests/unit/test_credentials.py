@@ -36,8 +36,10 @@ async def test_protocol_and_default_header(clock: FakeClock) -> None:
     cred = await pool.add("openai", SECRET, name="main")
     lease = pool.acquire("gpt-4o")
     assert (lease.header_name, lease.header_value) == ("Authorization", f"Bearer {SECRET}")
-    assert lease.upstream_model == "gpt-4o" and not lease.mapped
-    assert lease.credential_id == cred.id and lease.upstream == "openai"
+    assert lease.upstream_model == "gpt-4o"
+    assert not lease.mapped
+    assert lease.credential_id == cred.id
+    assert lease.upstream == "openai"
     lease.release(200)
     cookie = await pool.add("sg", "abc123", kind="cookie", header_format="sgs={secret}")
     assert cookie.kind is CredentialKind.COOKIE
@@ -54,7 +56,8 @@ async def test_secret_never_in_reprs_or_errors(clock: FakeClock) -> None:
         assert SECRET not in text
     with pytest.raises(ValidationError) as info:
         await pool.add("openai", SECRET + "\n")
-    assert SECRET not in str(info.value) and SECRET not in repr(info.value.params)
+    assert SECRET not in str(info.value)
+    assert SECRET not in repr(info.value.params)
 
 
 @pytest.mark.parametrize(
@@ -86,7 +89,8 @@ async def test_bad_input_is_refused_and_nothing_is_written(
         await pool.add("openai", secret, **args)  # type: ignore[arg-type]
     assert info.value.code == "credentials.invalid"
     assert reason in info.value.params["reason"]
-    assert await store.list() == [] and pool.list() == []
+    assert await store.list() == []
+    assert pool.list() == []
 
 
 def test_bad_config() -> None:
@@ -119,7 +123,7 @@ async def test_round_robin_is_fair(clock: FakeClock) -> None:
         lease = pool.acquire("m")
         picks.append(lease.credential_id)
         lease.release(200)
-    assert Counter(picks) == {i: 10 for i in ids}
+    assert Counter(picks) == dict.fromkeys(ids, 10)
     assert picks[:4] == ids  # in order
 
 
@@ -172,13 +176,15 @@ async def test_model_map_and_restrictions(clock: FakeClock) -> None:
         assert lease.mapped
         lease.release()
     assert seen == {azure.id: "gpt4o-prod", openai.id: "gpt-4o-2024-08-06"}
-    assert other.id not in seen and special.id not in seen
+    assert other.id not in seen
+    assert special.id not in seen
     lease = pool.acquire("gpt-4o", upstream="azure-eu")
     assert (lease.credential_id, lease.upstream_model) == (azure.id, "gpt4o-prod")
     lease.release()
     # a model restricted credential serves only its model; unmapped models pass through
     lease = pool.acquire("o1", upstream="openai")
-    assert lease.credential_id in {openai.id, special.id} and lease.upstream_model == "o1"
+    assert lease.credential_id in {openai.id, special.id}
+    assert lease.upstream_model == "o1"
     lease.release()
     assert pool.resolve("gpt-4o", upstream="openai") == (pool.get(openai.id), "gpt-4o-2024-08-06")
     assert pool.upstream_model("gpt-4o", "azure-eu") == "gpt4o-prod"
@@ -225,8 +231,10 @@ async def test_cooldown_honours_retry_after_then_exhausted(clock: FakeClock) -> 
     lease.release(200)
     stats = {s.credential_id: s for s in pool.stats()}
     assert stats[b.id].cooldown_until == clock.now() + timedelta(seconds=17.5)
-    assert not stats[b.id].available and stats[a.id].available
-    assert stats[a.id].failures == {429: 1} and stats[b.id].failures == {401: 1}
+    assert not stats[b.id].available
+    assert stats[a.id].available
+    assert stats[a.id].failures == {429: 1}
+    assert stats[b.id].failures == {401: 1}
 
 
 async def test_cooldown_defaults_and_cap(clock: FakeClock) -> None:
@@ -254,9 +262,11 @@ async def test_server_errors_count_but_do_not_cool_down(clock: FakeClock) -> Non
     for status in (500, 502, 0, 404):
         pool.acquire("m").release(status)
     (stats,) = pool.stats()
-    assert stats.available and stats.enabled
+    assert stats.available
+    assert stats.enabled
     assert stats.failures == {500: 1, 502: 1, 0: 1, 404: 1}
-    assert stats.requests == 4 and stats.successes == 0
+    assert stats.requests == 4
+    assert stats.successes == 0
     assert pool.acquire("m").credential_id == cred.id
 
 
@@ -265,15 +275,17 @@ async def test_disable_after_consecutive_auth_failures_and_reenable(clock: FakeC
     pool = DefaultCredentialPool(store, clock=clock, disable_after=3, auth_cooldown=1)
     await pool.load()
     cred = await pool.add("u", "k")
-    for i in range(2):
+    for _i in range(2):
         pool.acquire("m").release(401)
         clock.advance(seconds=1)
     pool.acquire("m").release(200)  # a success resets the count
-    for i in range(3):
+    for _i in range(3):
         pool.acquire("m").release(403)
         clock.advance(seconds=1)
     (stats,) = pool.stats()
-    assert not stats.enabled and stats.disabled_reason == "failures" and stats.consecutive_failures == 3
+    assert not stats.enabled
+    assert stats.disabled_reason == "failures"
+    assert stats.consecutive_failures == 3
     with pytest.raises(UnavailableError) as info:
         pool.acquire("m")
     assert info.value.code == "credentials.disabled"
@@ -282,10 +294,13 @@ async def test_disable_after_consecutive_auth_failures_and_reenable(clock: FakeC
         pool.acquire("m")  # stays disabled, whatever the time
     await pool.flush()
     stored = await store.get(cred.id)
-    assert stored is not None and stored.enabled is False and stored.disabled_reason == "failures"
+    assert stored is not None
+    assert stored.enabled is False
+    assert stored.disabled_reason == "failures"
     await pool.enable(cred.id)
     stored = await store.get(cred.id)
-    assert stored is not None and stored.enabled
+    assert stored is not None
+    assert stored.enabled
     lease = pool.acquire("m")
     assert lease.credential_id == cred.id
     lease.release(200)
@@ -368,7 +383,8 @@ async def test_without_secret_service_secrets_are_lost_on_restart(clock: FakeClo
     fresh = DefaultCredentialPool(store, clock=clock)
     await fresh.load()
     (cred,) = fresh.list()
-    assert not cred.enabled and cred.disabled_reason == "secret_missing"
+    assert not cred.enabled
+    assert cred.disabled_reason == "secret_missing"
     with pytest.raises(UnavailableError) as info:
         fresh.acquire("m")
     assert info.value.code == "credentials.disabled"
@@ -385,7 +401,8 @@ async def test_failed_insert_leaves_no_secret(clock: FakeClock) -> None:
     await pool.load()
     with pytest.raises(OSError):
         await pool.add("u", SECRET)
-    assert await secret_store.list_names() == [] and pool.list() == []
+    assert await secret_store.list_names() == []
+    assert pool.list() == []
 
 
 async def test_flush_writes_increments_and_survives_restart(clock: FakeClock) -> None:
@@ -461,4 +478,6 @@ def test_error_messages_in_both_languages() -> None:
     err = UnavailableError("credentials.exhausted", model="gpt-4o", retry_after=3.5)
     for locale in ("en", "de"):
         text = err.render(locale)
-        assert "gpt-4o" in text and "3.5" in text and "credentials." not in text
+        assert "gpt-4o" in text
+        assert "3.5" in text
+        assert "credentials." not in text

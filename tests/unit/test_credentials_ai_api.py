@@ -42,13 +42,16 @@ async def test_bad_credential_cools_down_and_requests_succeed_on_the_good_one(cl
     good = await pool.add("fake", GOOD, name="good")
     for _ in range(5):
         result = await ai.chat_completion({"model": "gpt-4o", "messages": MESSAGES})
-        assert result.model == "gpt-4o" and result.usage.source == "reported"
+        assert result.model == "gpt-4o"
+        assert result.usage.source == "reported"
     # the first request tried the bad key, got 401 and moved on within the same attempt
     assert [r.authorized for r in fake.requests] == [False, True, True, True, True, True]
     assert all(r.json["model"] == "fake-prod" for r in fake.requests)
     stats = {s.credential_id: s for s in pool.stats()}
-    assert stats[bad.id].failures == {401: 1} and not stats[bad.id].available
-    assert stats[good.id].successes == 5 and stats[good.id].in_flight == 0
+    assert stats[bad.id].failures == {401: 1}
+    assert not stats[bad.id].available
+    assert stats[good.id].successes == 5
+    assert stats[good.id].in_flight == 0
     assert stats[good.id].tokens == 5 * result.usage.total_tokens
     assert stats[bad.id].in_flight == 0
 
@@ -61,7 +64,8 @@ async def test_stream_and_embeddings_hold_and_release_their_lease(clock: FakeClo
     async with stream:
         assert pool.stats()[0].in_flight == 1
         chunks = [c async for c in stream]
-    assert chunks and stream.usage is not None
+    assert chunks
+    assert stream.usage is not None
     emb = await ai.embeddings({"model": "fake-model", "input": "hello"})
     models = await ai.list_models()
     assert "fake-model" in models.ids
@@ -90,7 +94,8 @@ async def test_all_credentials_rejected(clock: FakeClock) -> None:
     assert ai.breaker.state.value == "closed"
     clock.advance(seconds=60)
     check = await ai.test_api_key()
-    assert not check.ok and check.error_code == "upstream.auth_failed"
+    assert not check.ok
+    assert check.error_code == "upstream.auth_failed"
 
 
 async def test_rate_limited_credential_moves_on_with_retry_after(clock: FakeClock) -> None:
@@ -121,7 +126,8 @@ async def test_upstream_error_message_never_echoes_the_pool_secret(clock: FakeCl
     fake.fail_next(400, body=b'{"error": {"message": "bad key sk-good-key-123456 used"}}')
     with pytest.raises(Exception) as info:
         await ai.chat_completion({"model": "fake-model", "messages": MESSAGES})
-    assert GOOD not in str(info.value.params) and "***" in info.value.params["reason"]  # type: ignore[attr-defined]
+    assert GOOD not in str(info.value.params)
+    assert "***" in info.value.params["reason"]
 
 
 async def test_server_errors_retry_and_count_on_the_credential(clock: FakeClock) -> None:
@@ -131,7 +137,9 @@ async def test_server_errors_retry_and_count_on_the_credential(clock: FakeClock)
     fake.fail_next(503)
     await ai.chat_completion({"model": "fake-model", "messages": MESSAGES})
     (stats,) = pool.stats()
-    assert stats.failures == {503: 1} and stats.successes == 1 and stats.available
+    assert stats.failures == {503: 1}
+    assert stats.successes == 1
+    assert stats.available
 
 
 async def test_without_pool_behaviour_is_unchanged(clock: FakeClock) -> None:
@@ -140,4 +148,5 @@ async def test_without_pool_behaviour_is_unchanged(clock: FakeClock) -> None:
     ai = DefaultAiApiService(Upstream(name="fake", base_url=fake.base_url, api_key=GOOD), transport, clock)
     assert ai.credentials is None
     result = await ai.chat_completion({"model": "fake-model", "messages": MESSAGES})
-    assert result.status == 200 and fake.requests[0].authorized
+    assert result.status == 200
+    assert fake.requests[0].authorized
