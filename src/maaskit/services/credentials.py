@@ -789,7 +789,7 @@ class DefaultCredentialPool:
     def _get(self, credential_id: str) -> _Cred:
         cred = self._creds.get(credential_id) if isinstance(credential_id, str) else None
         if cred is None:
-            raise NotFoundError("credentials.not_found", credential_id=str(credential_id)[:64])
+            raise NotFoundError("credentials.not_found", id=str(credential_id)[:64])
         return cred
 
     async def add(
@@ -934,7 +934,7 @@ class DefaultCredentialPool:
 
     async def _replace_record(self, cred: _Cred, record: CredentialRecord) -> None:
         if not await self._store.update(record):
-            raise NotFoundError("credentials.not_found", credential_id=cred.id)
+            raise NotFoundError("credentials.not_found", id=cred.id)
         cred.record = record
         cred.record_dirty = False
         cred.weight = record.weight
