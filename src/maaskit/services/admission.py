@@ -31,7 +31,7 @@ import itertools
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC
 from typing import Any, Final, Literal, Protocol, runtime_checkable
 
@@ -285,6 +285,9 @@ class DefaultAdmissionService:
                 "config.invalid", setting="MAASKIT_DEFAULT_MAX_TOKENS", reason="must be >= 1"
             )
         self._keys = api_keys
+        self._validate_cached: Callable[[str], ApiKey | None] | None = getattr(
+            api_keys, "validate_cached", None
+        )
         self._pricing = pricing
         self._static_pricing = type(pricing) is StaticPricing
         self._gate = gate
@@ -345,7 +348,10 @@ class DefaultAdmissionService:
         self, credential: str, model: str, body: Mapping[str, Any], *, max_output_tokens: int | None = None
     ) -> Admission:
         """See :meth:`AdmissionService.admit`."""
-        key = await self._keys.validate(credential)
+        cached = self._validate_cached
+        key = None if cached is None else cached(credential)  # a cache hit needs no coroutine
+        if key is None:
+            key = await self._keys.validate(credential)
         if model.__class__ is not str or model not in self._models:
             self._check_model(model)
         allowed = key.allowed_models  # ApiKey.allows_model, inlined: empty allows every model
