@@ -7,6 +7,9 @@
 * :meth:`ModelCatalog.sync_models` is **incremental** - it compares upstream with the stored rows
   and writes only the rows that changed, all in one transaction (a no-op sync writes nothing; a
   failure leaves the catalog as it was) - and returns a :class:`SyncReport`.
+* A sync whose upstream answer is **byte-identical** to the last one, with the catalog not
+  written since (by anyone: the store's revision is compared), returns the last report again
+  without parsing or diffing (see :class:`RevisionedCatalogStore`).
 * Models gone upstream are **marked unavailable, never deleted**, so the subscriptions and keys
   naming them survive; :meth:`ModelCatalog.require_available` refuses them with
   ``UnavailableError("model.unavailable")`` until they come back.
@@ -32,6 +35,7 @@ Example::
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -45,6 +49,7 @@ from maaskit.clock import Clock, SystemClock
 from maaskit.errors import NotFoundError, UnavailableError, UpstreamError, ValidationError
 from maaskit.services.litellm import (
     MAX_CATALOG_PRICE_PER_TOKEN,
+    FingerprintedModelSource,
     ModelInfo,
     ModelProblem,
     ModelSnapshot,
@@ -68,6 +73,7 @@ __all__ = [
     "IntegrityReport",
     "ModelCatalog",
     "ReferenceSource",
+    "RevisionedCatalogStore",
     "SyncReport",
     "SyncRun",
 ]
@@ -190,7 +196,15 @@ class CatalogModel:
 
     def synced_values(self) -> tuple[Any, ...]:
         """The values of :data:`SYNCED_FIELDS`, for comparisons."""
-        return tuple(getattr(self, f) for f in SYNCED_FIELDS)
+        return (
+            self.provider,
+            self.upstream_model,
+            self.input_price,
+            self.output_price,
+            self.context_window,
+            self.max_output_tokens,
+            self.capabilities,
+        )
 
     @property
     def price(self) -> ModelPrice | None:
@@ -305,6 +319,55 @@ ReferenceSource = Callable[[], Awaitable[Iterable[tuple[str, str]]]]
 
 
 @runtime_checkable
+class RevisionedCatalogStore(CatalogStore, Protocol):
+    """A :class:`~maaskit.storage.ports.catalog.CatalogStore` that counts every write.
+
+    The revision increases with every write of any writer sharing the store (other replicas
+    included). :class:`DefaultModelCatalog` uses it to skip a sync whose upstream answer is
+    byte-identical to the last one when the catalog has not been written since.
+    """
+
+    async def revision(self) -> int | None:
+        """The current revision (one cheap read); ``None`` when unknown."""
+        ...
+
+    async def apply_tracked(
+        self, inserts: Sequence[CatalogModel], updates: Sequence[CatalogModel]
+    ) -> tuple[int | None, int | None]:
+        """``apply()``, returning the revision just before and just after this write."""
+        ...
+
+
+@attrs.frozen
+class _NoopMemo:
+    """What a sync of an identical answer over an unchanged catalog reports (nothing written)."""
+
+    source: weakref.ref[Any]
+    fingerprint: str
+    policy: ConflictPolicy
+    on_invalid: str
+    revision: int
+    unchanged: tuple[str, ...]
+    conflicts: tuple[str, ...]
+    errors: tuple[str, ...]
+    source_name: str
+
+
+@attrs.define
+class _Plan:
+    """The writes a sync needs and what it will report."""
+
+    inserts: list[CatalogModel] = attrs.Factory(list)
+    updates: list[CatalogModel] = attrs.Factory(list)
+    added: list[str] = attrs.Factory(list)
+    updated: list[str] = attrs.Factory(list)
+    unchanged: list[str] = attrs.Factory(list)
+    restored: list[str] = attrs.Factory(list)
+    conflicts: list[str] = attrs.Factory(list)
+    gone: list[str] = attrs.Factory(list)
+
+
+@runtime_checkable
 class ModelCatalog(Protocol):
     """The model catalog (see the module docs)."""
 
@@ -388,6 +451,7 @@ class DefaultModelCatalog:
         self._snapshot: dict[str, CatalogModel] = {}
         self._prices: dict[str, ModelPrice] = {}
         self._loaded_at: float | None = None
+        self._memo: _NoopMemo | None = None
 
     def __repr__(self) -> str:
         return f"DefaultModelCatalog({len(self._snapshot)} models cached)"
@@ -451,78 +515,120 @@ class DefaultModelCatalog:
         policy = ConflictPolicy(policy) if policy is not None else self._policy
         if on_invalid not in ("abort", "skip"):
             raise ValidationError("catalog.invalid_config", reason="on_invalid must be abort or skip")
-        snapshot = await _snapshot_of(source)
+        store = self._store
+        revisioned: RevisionedCatalogStore | None = (
+            store if isinstance(store, RevisionedCatalogStore) else None
+        )
+        memo = self._memo
+        snapshot: ModelSnapshot | None = None
+        if (
+            memo is not None
+            and revisioned is not None
+            and memo.source() is source
+            and memo.policy is policy
+            and memo.on_invalid == on_invalid
+            and isinstance(source, FingerprintedModelSource)
+            and await revisioned.revision() == memo.revision
+        ):
+            snapshot = await source.fetch_models_since(memo.fingerprint)
+            if snapshot is None:
+                # the same answer as last time: if still no one wrote, the result is known
+                if await revisioned.revision() == memo.revision:
+                    return self._replay(memo, started)
+                snapshot = await source.fetch_models()
+            _check_snapshot(snapshot)
+        self._memo = None
+        if snapshot is None:
+            snapshot = await _snapshot_of(source)
         if snapshot.problems and on_invalid == "abort":
             first = snapshot.problems[0]
             raise UpstreamError(
                 "catalog.invalid_source", problems=len(snapshot.problems), reason=_problem_text(first)
             )
-        current = {m.model_id: m for m in await self._store.list_models()}
+        remember = (
+            revisioned is not None
+            and snapshot.fingerprint is not None
+            and not snapshot.is_fallback
+            and isinstance(source, FingerprintedModelSource)
+        )
+        seen_revision = await revisioned.revision() if remember and revisioned is not None else None
+        current = {m.model_id: m for m in await store.list_models()}
         now = self._clock.now()
-        inserts: list[CatalogModel] = []
-        updates: list[CatalogModel] = []
-        added: list[str] = []
-        updated: list[str] = []
-        unchanged: list[str] = []
-        restored: list[str] = []
-        conflicts: list[str] = []
-        seen: set[str] = set()
-        for info in snapshot.models:
-            name = info.model_name
-            seen.add(name)
-            old = current.get(name)
-            if (
-                old is not None
-                and old.available
-                and not old.local_overrides
-                and old.synced_values() == _info_values(info)
-            ):
-                unchanged.append(name)
-                continue
-            remote = CatalogModel.from_info(info, source=snapshot.source)
-            if old is None:
-                inserts.append(attrs.evolve(remote, created_at=now, updated_at=now))
-                added.append(name)
-                continue
-            new, model_conflicts = _merge(old, remote, policy)
-            conflicts.extend(f"{name}: {f}" for f in model_conflicts)
-            if policy is ConflictPolicy.REPORT_ONLY and model_conflicts:
-                new = old
-            comeback = not old.available
-            if comeback:
-                new = attrs.evolve(new, available=True, unavailable_since=None)
-                restored.append(name)
-            if new == old:
-                unchanged.append(name)
-                continue
-            updates.append(attrs.evolve(new, updated_at=now, source=snapshot.source))
-            if new.synced_values() != old.synced_values() or new.local_overrides != old.local_overrides:
-                updated.append(name)
-        skipped = {p.model_name for p in snapshot.problems if p.model_name}
-        gone: list[str] = []
-        if not snapshot.is_fallback:
-            for name, old in current.items():
-                if name not in seen and name not in skipped and old.available:
-                    updates.append(attrs.evolve(old, available=False, unavailable_since=now, updated_at=now))
-                    gone.append(name)
-        before = self._store.rows_written
-        if inserts or updates:
-            await self._store.apply(inserts, updates)
-            for model in (*inserts, *updates):
+        plan = _plan(snapshot, current, policy, now)
+        before = store.rows_written
+        memo_revision = seen_revision
+        if plan.inserts or plan.updates:
+            if revisioned is not None:
+                first_rev, last_rev = await revisioned.apply_tracked(plan.inserts, plan.updates)
+                memo_revision = last_rev if first_rev is not None and first_rev == seen_revision else None
+            else:
+                await store.apply(plan.inserts, plan.updates)
+            for model in (*plan.inserts, *plan.updates):
                 current[model.model_id] = model
-        written = self._store.rows_written - before
+        written = store.rows_written - before
         self._set_snapshot(current.values())
         report = SyncReport(
-            added=tuple(added),
-            updated=tuple(updated),
-            unchanged=tuple(unchanged),
-            unavailable=tuple(sorted(gone)),
-            restored=tuple(restored),
-            conflicts=tuple(conflicts),
+            added=tuple(plan.added),
+            updated=tuple(plan.updated),
+            unchanged=tuple(plan.unchanged),
+            unavailable=tuple(sorted(plan.gone)),
+            restored=tuple(plan.restored),
+            conflicts=tuple(plan.conflicts),
             errors=tuple(_problem_text(p) for p in snapshot.problems),
             duration_ms=round((self._clock.monotonic() - started) * 1000, 3),
             source=snapshot.source,
             rows_written=written,
+        )
+        if remember and memo_revision is not None:
+            self._remember(source, snapshot, policy, on_invalid, memo_revision, report, plan, current, now)
+        _log.info("catalog.synced", **report.summary())
+        return report
+
+    def _remember(
+        self,
+        source: Any,
+        snapshot: ModelSnapshot,
+        policy: ConflictPolicy,
+        on_invalid: str,
+        revision: int,
+        report: SyncReport,
+        plan: _Plan,
+        current: dict[str, CatalogModel],
+        now: datetime,
+    ) -> None:
+        """Remember what syncing *snapshot* again onto *current* (the catalog at *revision*) reports."""
+        if plan.inserts or plan.updates:
+            # the catalog changed: work out what the same answer does to it now (usually nothing)
+            plan = _plan(snapshot, current, policy, now)
+            if plan.inserts or plan.updates:
+                return
+        assert snapshot.fingerprint is not None
+        try:
+            ref = weakref.ref(source)
+        except TypeError:
+            return
+        self._memo = _NoopMemo(
+            source=ref,
+            fingerprint=snapshot.fingerprint,
+            policy=policy,
+            on_invalid=on_invalid,
+            revision=revision,
+            unchanged=tuple(plan.unchanged),
+            conflicts=tuple(plan.conflicts),
+            errors=report.errors,
+            source_name=snapshot.source,
+        )
+
+    def _replay(self, memo: _NoopMemo, started: float) -> SyncReport:
+        """The report of a sync that found the same answer and an unchanged catalog."""
+        self._loaded_at = self._clock.monotonic()  # the in-memory snapshot is confirmed current
+        report = SyncReport(
+            unchanged=memo.unchanged,
+            conflicts=memo.conflicts,
+            errors=memo.errors,
+            duration_ms=round((self._clock.monotonic() - started) * 1000, 3),
+            source=memo.source_name,
+            rows_written=0,
         )
         _log.info("catalog.synced", **report.summary())
         return report
@@ -566,6 +672,7 @@ class DefaultModelCatalog:
         new = attrs.evolve(new, local_overrides=old.local_overrides | frozenset(changes.keys()))
         if new != old:
             new = attrs.evolve(new, updated_at=self._clock.now())
+            self._memo = None
             await self._store.apply((), (new,))
             await self.refresh()
         return new
@@ -590,6 +697,7 @@ class DefaultModelCatalog:
             if m.model_id in wanted and m.available is not available
         ]
         if changes:
+            self._memo = None
             await self._store.apply((), changes)
             await self.refresh()
         return tuple(m.model_id for m in changes)
@@ -657,6 +765,98 @@ class DefaultModelCatalog:
         return IntegrityReport(len(models), tuple(issues))
 
 
+def _plan(
+    snapshot: ModelSnapshot, current: Mapping[str, CatalogModel], policy: ConflictPolicy, now: datetime
+) -> _Plan:
+    """Compare *snapshot* with the catalog rows *current*: the writes needed and the report."""
+    plan = _Plan()
+    unchanged = plan.unchanged
+    seen: set[str] = set()
+    source = snapshot.source
+    for info in snapshot.models:
+        name = info.model_name
+        seen.add(name)
+        old = current.get(name)
+        if (
+            old is not None
+            and old.available
+            and not old.local_overrides
+            # the common case, compared as plain tuples
+            and (
+                old.provider,
+                old.upstream_model,
+                old.input_price,
+                old.output_price,
+                old.context_window,
+                old.max_output_tokens,
+                old.capabilities,
+            )
+            == (
+                info.provider,
+                info.upstream_model,
+                info.input_cost_per_token,
+                info.output_cost_per_token,
+                info.context_window,
+                info.max_output_tokens,
+                info.capabilities,
+            )
+        ):
+            unchanged.append(name)
+            continue
+        if old is None:
+            plan.inserts.append(_row_from_info(info, source, now))
+            plan.added.append(name)
+            continue
+        remote = CatalogModel.from_info(info, source=source)
+        new, model_conflicts = _merge(old, remote, policy)
+        plan.conflicts.extend(f"{name}: {f}" for f in model_conflicts)
+        if policy is ConflictPolicy.REPORT_ONLY and model_conflicts:
+            new = old
+        if not old.available:
+            new = attrs.evolve(new, available=True, unavailable_since=None)
+            plan.restored.append(name)
+        if new == old:
+            unchanged.append(name)
+            continue
+        plan.updates.append(attrs.evolve(new, updated_at=now, source=source))
+        if new.synced_values() != old.synced_values() or new.local_overrides != old.local_overrides:
+            plan.updated.append(name)
+    if not snapshot.is_fallback:
+        skipped = {p.model_name for p in snapshot.problems if p.model_name}
+        for name, old in current.items():
+            if name not in seen and name not in skipped and old.available:
+                plan.updates.append(attrs.evolve(old, available=False, unavailable_since=now, updated_at=now))
+                plan.gone.append(name)
+    return plan
+
+
+_set = object.__setattr__
+
+
+def _row_from_info(info: ModelInfo, source: str, now: datetime) -> CatalogModel:
+    """A new row for *info*: ``CatalogModel.from_info`` with both timestamps *now*.
+
+    Built without re-running the validators: every value was validated, by the same rules,
+    when the :class:`~maaskit.services.litellm.ModelInfo` was made.
+    """
+    model: CatalogModel = object.__new__(CatalogModel)
+    _set(model, "model_id", info.model_name)
+    _set(model, "provider", info.provider)
+    _set(model, "upstream_model", info.upstream_model)
+    _set(model, "input_price", info.input_cost_per_token)
+    _set(model, "output_price", info.output_cost_per_token)
+    _set(model, "context_window", info.context_window)
+    _set(model, "max_output_tokens", info.max_output_tokens)
+    _set(model, "capabilities", info.capabilities)
+    _set(model, "available", True)
+    _set(model, "local_overrides", frozenset())
+    _set(model, "source", source)
+    _set(model, "created_at", now)
+    _set(model, "updated_at", now)
+    _set(model, "unavailable_since", None)
+    return model
+
+
 def _merge(old: CatalogModel, remote: CatalogModel, policy: ConflictPolicy) -> tuple[CatalogModel, list[str]]:
     """The row after applying *remote* to *old* under *policy*, and the conflicting fields."""
     conflicts = [
@@ -672,32 +872,22 @@ def _merge(old: CatalogModel, remote: CatalogModel, policy: ConflictPolicy) -> t
     return attrs.evolve(old, local_overrides=overrides, **values), conflicts
 
 
-def _info_values(info: ModelInfo) -> tuple[Any, ...]:
-    """``CatalogModel.from_info(info).synced_values()`` without building the model."""
-    return (
-        info.provider,
-        info.upstream_model,
-        info.input_cost_per_token,
-        info.output_cost_per_token,
-        info.context_window,
-        info.max_output_tokens,
-        info.capabilities,
-    )
-
-
 def _problem_text(problem: ModelProblem) -> str:
     name = f" {problem.model_name}" if problem.model_name else ""
     return f"#{problem.index}{name}: {problem.reason}"
+
+
+def _check_snapshot(snapshot: object) -> ModelSnapshot:
+    if not isinstance(snapshot, ModelSnapshot):
+        raise ValidationError("catalog.invalid_config", reason="fetch_models must return a ModelSnapshot")
+    return snapshot
 
 
 async def _snapshot_of(source: Any) -> ModelSnapshot:
     if isinstance(source, ModelSnapshot):
         return source
     if isinstance(source, ModelSource):
-        snapshot = await source.fetch_models()
-        if not isinstance(snapshot, ModelSnapshot):
-            raise ValidationError("catalog.invalid_config", reason="fetch_models must return a ModelSnapshot")
-        return snapshot
+        return _check_snapshot(await source.fetch_models())
     if isinstance(source, Sequence) and all(isinstance(m, ModelInfo) for m in source):
         names = [m.model_name for m in source]
         if len(set(names)) != len(names):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
@@ -64,6 +65,7 @@ __all__ = [
     "MAX_TOKEN_LIMIT",
     "ConnectionCheck",
     "DefaultLiteLLMService",
+    "FingerprintedModelSource",
     "LiteLLMConfig",
     "LiteLLMKey",
     "LiteLLMModel",
@@ -79,6 +81,7 @@ __all__ = [
     "decode_json",
     "encode_json",
     "hash_key",
+    "model_info_fingerprint",
     "parse_model_info",
 ]
 
@@ -97,6 +100,7 @@ _ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]*(?:/[A-Za-z0-9][A-Za
 _MAX_BODY: Final = 256 * 1024 * 1024
 _T = TypeVar("_T")
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+_CAP_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _DEFAULT_TIMEOUTS: Final = Timeouts(connect=5.0, read=30.0, total=60.0)
 
 
@@ -198,7 +202,7 @@ def _capabilities(value: object) -> frozenset[str]:
     else:
         raise ValidationError("catalog.invalid_field", field="capabilities", reason="expected strings")
     for cap in caps:
-        if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", cap):
+        if not _CAP_RE.fullmatch(cap):
             raise ValidationError("catalog.invalid_field", field="capabilities", reason="bad capability name")
     return caps
 
@@ -219,27 +223,48 @@ def decode_json(body: bytes) -> Any:
 def encode_json(obj: Any) -> bytes:
     """Serialise *obj* to JSON, writing ``Decimal`` values as exact JSON numbers (never via float).
 
+    Sets are written as sorted lists, other mappings as objects. Mapping keys should be strings
+    (or numbers, written as JSON writes them).
+
     Raises:
         ValidationError: ``catalog.invalid_price`` for a non-finite ``Decimal``.
     """
     numbers: list[str] = []
+    nonce = secrets.token_hex(8)
 
-    def swap(value: Any) -> Any:
+    def default(value: Any) -> Any:
+        # called by the C encoder only for what JSON cannot write natively
         if isinstance(value, Decimal):
             if not value.is_finite():
                 raise ValidationError("catalog.invalid_price", field="json", reason="not finite")
             numbers.append(str(value))
-            return f"\x00{len(numbers) - 1}\x00"
+            return f"\x00{nonce}{len(numbers) - 1}\x00"
+        if isinstance(value, set | frozenset):
+            return sorted(value)
         if isinstance(value, Mapping):
-            return {str(k): swap(v) for k, v in value.items()}
-        if isinstance(value, list | tuple | set | frozenset):
-            return [swap(v) for v in (sorted(value) if isinstance(value, set | frozenset) else value)]
-        return value
+            return {str(k): v for k, v in value.items()}
+        raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
-    text = json.dumps(swap(obj), separators=(",", ":"), allow_nan=False)
+    try:
+        text = json.dumps(obj, default=default, separators=(",", ":"), allow_nan=False)
+    except TypeError:
+        # e.g. a key JSON cannot write (a Decimal): convert the whole tree the slow way
+        numbers.clear()
+        text = json.dumps(_plain(obj, default), separators=(",", ":"), allow_nan=False)
     if numbers:
-        text = re.sub(r'"\\u0000(\d+)\\u0000"', lambda m: numbers[int(m.group(1))], text)
+        text = re.sub(f'"\\\\u0000{nonce}(\\d+)\\\\u0000"', lambda m: numbers[int(m.group(1))], text)
     return text.encode()
+
+
+def _plain(value: Any, default: Callable[[Any], Any]) -> Any:
+    """*value* with every mapping key a string and every non-JSON value passed through *default*."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, default) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v, default) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return _plain(default(value), default)
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,12 +344,15 @@ class ModelSnapshot:
         source: where they came from (``"litellm"``, ``"fallback"``, ``"static"``).
         is_fallback: the development fallback catalog was used (the source was unreachable);
             a sync from a fallback never marks models unavailable.
+        fingerprint: a digest of the exact answer the snapshot was parsed from (see
+            :class:`FingerprintedModelSource`), or ``None``; not part of equality.
     """
 
     models: tuple[ModelInfo, ...]
     problems: tuple[ModelProblem, ...] = ()
     source: str = "static"
     is_fallback: bool = False
+    fingerprint: str | None = attrs.field(default=None, eq=False)
 
 
 @runtime_checkable
@@ -338,6 +366,26 @@ class ModelSource(Protocol):
             MaasError: when the source cannot be read at all.
         """
         ...
+
+
+@runtime_checkable
+class FingerprintedModelSource(ModelSource, Protocol):
+    """A :class:`ModelSource` that can tell an answer it has seen before without parsing it."""
+
+    async def fetch_models_since(self, fingerprint: str | None) -> ModelSnapshot | None:
+        """``None`` when the answer is byte-identical to the one *fingerprint* (a
+        :attr:`ModelSnapshot.fingerprint`) was taken of; otherwise the snapshot, as
+        :meth:`ModelSource.fetch_models` returns it.
+        """
+        ...
+
+
+def model_info_fingerprint(upstream: str, body: bytes) -> str:
+    """The :attr:`ModelSnapshot.fingerprint` of a ``/model/info`` *body* parsed for *upstream*."""
+    digest = hashlib.sha256(upstream.encode())
+    digest.update(b"\x00")
+    digest.update(body)
+    return digest.hexdigest()
 
 
 @attrs.frozen
@@ -499,11 +547,96 @@ def _model_from_entry(entry: Any) -> ModelInfo:
     )
 
 
+# Validation results for values seen before (prices repeat across a catalog; a capability
+# name is one of a few dozen). Only values that passed the full check are remembered.
+_PRICE_CACHE: dict[Decimal, Decimal] = {}
+_GOOD_CAPS: set[str] = set()
+_CACHE_LIMIT: Final = 65536
+_set = object.__setattr__
+
+
+def _fast_price(value: Any, field: str) -> Decimal | None:
+    """:func:`check_price` for a value from JSON, remembering accepted ``Decimal`` values."""
+    if value is None:
+        return None
+    if type(value) is Decimal and value.is_finite():
+        cached = _PRICE_CACHE.get(value)
+        if cached is not None:
+            return cached
+        price = check_price(value, field=field)
+        assert price is not None
+        if len(_PRICE_CACHE) >= _CACHE_LIMIT:
+            _PRICE_CACHE.clear()
+        _PRICE_CACHE[value] = price
+        return price
+    return check_price(value, field=field)
+
+
+def _fast_model(entry: Any) -> ModelInfo | None:
+    """The :class:`ModelInfo` of one ``/model/info`` entry when every value passes the cheap
+    checks (the same rules as the validators, cheaper); ``None`` when any needs the full
+    validation (which then also produces the exact error).
+    """
+    if type(entry) is not dict:
+        return None
+    name = entry.get("model_name")
+    if type(name) is not str or len(name) > _MAX_ID_LEN or _ID_RE.fullmatch(name) is None:
+        return None
+    info = entry.get("model_info")
+    if type(info) is not dict:
+        if isinstance(info, Mapping):
+            return None
+        info = {}
+    params = entry.get("litellm_params")
+    if type(params) is not dict:
+        if isinstance(params, Mapping):
+            return None
+        params = {}
+    texts = (info.get("litellm_provider"), params.get("model"), info.get("id"), info.get("mode"))
+    for text in texts:
+        if text is not None and (type(text) is not str or len(text) > _MAX_ID_LEN or not text.isprintable()):
+            return None
+    limits = (info.get("max_input_tokens"), info.get("max_output_tokens"), info.get("max_tokens"))
+    for limit in limits:
+        if limit is not None and (type(limit) is not int or not 0 < limit <= MAX_TOKEN_LIMIT):
+            return None
+    caps: list[str] = []
+    for key, flag in info.items():
+        if flag is True and type(key) is str and key.startswith("supports_"):
+            cap = key[9:]
+            if cap not in _GOOD_CAPS:
+                if _CAP_RE.fullmatch(cap) is None:
+                    return None
+                if len(_GOOD_CAPS) < _CACHE_LIMIT:
+                    _GOOD_CAPS.add(cap)
+            caps.append(cap)
+    try:
+        inp = _fast_price(info.get("input_cost_per_token"), "input_cost_per_token")
+        out = _fast_price(info.get("output_cost_per_token"), "output_cost_per_token")
+    except ValidationError:
+        return None
+    model: ModelInfo = object.__new__(ModelInfo)
+    _set(model, "model_name", name)
+    _set(model, "provider", texts[0] or None)
+    _set(model, "upstream_model", texts[1] or None)
+    _set(model, "litellm_id", texts[2] or None)
+    _set(model, "input_cost_per_token", inp)
+    _set(model, "output_cost_per_token", out)
+    _set(model, "max_input_tokens", limits[0])
+    _set(model, "max_output_tokens", limits[1])
+    _set(model, "max_tokens", limits[2])
+    _set(model, "mode", texts[3] or None)
+    _set(model, "capabilities", frozenset(caps))
+    return model
+
+
 def parse_model_info(body: bytes, *, upstream: str = "litellm") -> ModelSnapshot:
     """Parse a ``/model/info`` answer into a :class:`ModelSnapshot`.
 
     Entries with an invalid id, price or limit, and every entry of a duplicated name, are listed
-    in ``problems`` instead of ``models``.
+    in ``problems`` instead of ``models``. Every entry is validated exactly as
+    :class:`ModelInfo` validates (entries made of common, plainly valid values take a cheaper
+    path to the same result).
 
     Raises:
         UpstreamError: ``litellm.invalid_response`` when the body is not JSON (HTML, truncated)
@@ -517,17 +650,23 @@ def parse_model_info(body: bytes, *, upstream: str = "litellm") -> ModelSnapshot
         raise _invalid(upstream, "expected an object with a data list")
     models: list[ModelInfo] = []
     problems: list[ModelProblem] = []
+    fast = _fast_model
     for index, entry in enumerate(data["data"]):
+        model = fast(entry)
+        if model is not None:
+            models.append(model)
+            continue
         name = entry.get("model_name") if isinstance(entry, Mapping) else None
         try:
             models.append(_model_from_entry(entry))
         except ValidationError as exc:
             shown = name if isinstance(name, str) and len(name) <= _MAX_ID_LEN else None
             problems.append(ModelProblem(index, shown, _reason(exc)))
-    counts: dict[str, int] = {}
-    for model in models:
-        counts[model.model_name] = counts.get(model.model_name, 0) + 1
-    if any(n > 1 for n in counts.values()):
+    names = {model.model_name for model in models}
+    if len(names) != len(models):
+        counts: dict[str, int] = {}
+        for model in models:
+            counts[model.model_name] = counts.get(model.model_name, 0) + 1
         kept: list[ModelInfo] = []
         for index, model in enumerate(models):
             if counts[model.model_name] > 1:
@@ -775,12 +914,30 @@ class DefaultLiteLLMService:
         """``GET /model/info`` as a :class:`ModelSnapshot` (refused entries in ``problems``).
 
         With ``fallback_models`` configured, an unreachable or failing proxy yields the fallback
-        snapshot (``is_fallback=True``, logged as a warning) instead of an error.
+        snapshot (``is_fallback=True``, logged as a warning) instead of an error. A snapshot read
+        from the proxy carries the answer's ``fingerprint``.
         """
+        snapshot = await self.fetch_models_since(None)
+        assert snapshot is not None
+        return snapshot
+
+    async def fetch_models_since(self, fingerprint: str | None) -> ModelSnapshot | None:
+        """:meth:`fetch_models`, but ``None`` (nothing parsed) when the answer is byte-identical
+        to the one *fingerprint* was taken of (see :class:`FingerprintedModelSource`).
+
+        The answer is still fetched, size-checked and counted for the circuit breaker; only the
+        parse is skipped, so the caller must only pass a fingerprint of an answer it parsed.
+        """
+        name = self.name
+
+        def parse(body: bytes) -> ModelSnapshot | None:
+            digest = model_info_fingerprint(name, body)
+            if digest == fingerprint:
+                return None
+            return attrs.evolve(parse_model_info(body, upstream=name), fingerprint=digest)
+
         try:
-            return await self._request(
-                "GET", "/model/info", parse_body=lambda b: parse_model_info(b, upstream=self.name)
-            )
+            return await self._request("GET", "/model/info", parse_body=parse)
         except MaasError as exc:
             if self._fallback is None or isinstance(exc, ValidationError | NotFoundError):
                 raise

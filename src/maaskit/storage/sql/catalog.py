@@ -4,6 +4,12 @@
 with many parameter sets: an ``INSERT`` of the new rows and an ``UPDATE ... WHERE model_id = ?``
 of the changed ones. An empty change set opens no transaction at all.
 
+Every write to ``maaskit_catalog_models`` (by anyone) increases the catalog revision (a row of
+``maaskit_catalog_state`` kept by triggers, migration ``0010_catalog_revision``):
+:meth:`SqlCatalogStore.revision` reads it in one single-row query and
+:meth:`SqlCatalogStore.apply_tracked` reports the revision before and after its own write, so the
+catalog can tell that nothing changed since it last looked.
+
 :class:`SqlSyncLock` is a lease row: taken by a conditional ``UPDATE`` (expired, or already
 ours) or, when the row does not exist, an ``INSERT`` that loses cleanly on the primary key.
 """
@@ -22,12 +28,14 @@ from maaskit.errors import ConflictError, UnavailableError
 from maaskit.services.catalog import CatalogModel, SyncRun
 from maaskit.storage.sql.database import Database
 from maaskit.storage.sql.tables.catalog import CatalogModelRow, SyncLockRow, SyncRunRow
+from maaskit.storage.sql.tables.catalog_state import CATALOG_REVISION_NAME, CatalogStateRow
 
 __all__ = ["SqlCatalogStore", "SqlSyncLock", "SqlSyncRunStore", "price_from_e18", "price_to_e18"]
 
 _models: sa.Table = CatalogModelRow.__table__  # type: ignore[attr-defined]
 _locks: sa.Table = SyncLockRow.__table__  # type: ignore[attr-defined]
 _runs: sa.Table = SyncRunRow.__table__  # type: ignore[attr-defined]
+_state: sa.Table = CatalogStateRow.__table__  # type: ignore[attr-defined]
 _UNAVAILABLE = (OSError, sa.exc.OperationalError, sa.exc.InterfaceError)
 _E18 = 18
 
@@ -50,6 +58,25 @@ def price_from_e18(value: int | None) -> Decimal | None:
     return Decimal(value).scaleb(-_E18).normalize() if value else Decimal(0)
 
 
+# Prices and capability lists repeat across a catalog: decode each distinct stored value once.
+_PRICES: dict[int, Decimal] = {}
+_SETS: dict[str, frozenset[str]] = {}
+_CACHE_LIMIT = 65536
+
+
+def _price(value: int | None) -> Decimal | None:
+    if value is None:
+        return None
+    price = _PRICES.get(value)
+    if price is None:
+        price = price_from_e18(value)
+        assert price is not None
+        if len(_PRICES) >= _CACHE_LIMIT:
+            _PRICES.clear()
+        _PRICES[value] = price
+    return price
+
+
 def _params(m: CatalogModel) -> dict[str, Any]:
     return {
         "model_id": m.model_id,
@@ -70,29 +97,40 @@ def _params(m: CatalogModel) -> dict[str, Any]:
 
 
 def _split(text: str) -> frozenset[str]:
-    return frozenset(text.split(",")) if text else frozenset()
+    names = _SETS.get(text)
+    if names is None:
+        names = frozenset(text.split(",")) if text else frozenset()
+        if len(_SETS) >= _CACHE_LIMIT:
+            _SETS.clear()
+        _SETS[text] = names
+    return names
+
+
+_set = object.__setattr__
 
 
 def _model(row: Any) -> CatalogModel:
-    return CatalogModel.restore(
-        model_id=row.model_id,
-        provider=row.provider,
-        upstream_model=row.upstream_model,
-        input_price=price_from_e18(row.input_price_e18),
-        output_price=price_from_e18(row.output_price_e18),
-        context_window=row.context_window,
-        max_output_tokens=row.max_output_tokens,
-        capabilities=_split(row.capabilities),
-        available=bool(row.available),
-        local_overrides=_split(row.local_overrides),
-        source=row.source,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        unavailable_since=row.unavailable_since,
-    )
+    # CatalogModel.restore(...) with every field set directly (this runs once per stored row)
+    model: CatalogModel = object.__new__(CatalogModel)
+    _set(model, "model_id", row.model_id)
+    _set(model, "provider", row.provider)
+    _set(model, "upstream_model", row.upstream_model)
+    _set(model, "input_price", _price(row.input_price_e18))
+    _set(model, "output_price", _price(row.output_price_e18))
+    _set(model, "context_window", row.context_window)
+    _set(model, "max_output_tokens", row.max_output_tokens)
+    _set(model, "capabilities", _split(row.capabilities))
+    _set(model, "available", bool(row.available))
+    _set(model, "local_overrides", _split(row.local_overrides))
+    _set(model, "source", row.source)
+    _set(model, "created_at", row.created_at)
+    _set(model, "updated_at", row.updated_at)
+    _set(model, "unavailable_since", row.unavailable_since)
+    return model
 
 
 _SELECT = sa.select(_models).order_by(_models.c.model_id)
+_REVISION = sa.select(_state.c.revision).where(_state.c.name == CATALOG_REVISION_NAME)
 _INSERT = sa.insert(_models)
 _UPDATE = (
     sa.update(_models)
@@ -134,10 +172,34 @@ class SqlCatalogStore:
             raise UnavailableError("database.unavailable") from exc
         return _model(row) if row is not None else None
 
+    async def revision(self) -> int | None:
+        """The catalog revision: a counter every write to the models table increases (kept by
+        triggers, so writes of other replicas and of plain SQL count too); ``None`` if the
+        revision row is missing (then nothing can be concluded from it).
+        """
+        try:
+            async with self._db.connect() as conn:
+                value = (await conn.execute(_REVISION)).scalar()
+        except _UNAVAILABLE as exc:
+            raise UnavailableError("database.unavailable") from exc
+        return int(value) if value is not None else None
+
     async def apply(self, inserts: Sequence[CatalogModel], updates: Sequence[CatalogModel]) -> None:
         """Insert and update rows in one transaction (nothing at all for an empty change set)."""
+        await self.apply_tracked(inserts, updates)
+
+    async def apply_tracked(
+        self, inserts: Sequence[CatalogModel], updates: Sequence[CatalogModel]
+    ) -> tuple[int | None, int | None]:
+        """:meth:`apply`, returning the catalog revision just before and just after this write.
+
+        ``before`` is the revision the rows had when this transaction began writing (so a
+        caller that read the rows at revision ``before`` knows no one wrote in between), and
+        ``after`` the revision this write left. Either is ``None`` when it cannot be known; both
+        are ``None`` for an empty change set (nothing is written, no transaction is opened).
+        """
         if not inserts and not updates:
-            return
+            return None, None
         insert_params = [_params(m) for m in inserts]
         update_params = []
         for m in updates:
@@ -145,19 +207,38 @@ class SqlCatalogStore:
             p["b_model_id"] = p.pop("model_id")
             del p["created_at"]
             update_params.append(p)
+        before: int | None = None
         try:
             async with self._db.engine.begin() as conn:
+                postgres = conn.dialect.name == "postgresql"
+                if postgres:
+                    # lock the counter first: a concurrent writer's trigger waits for this commit
+                    before = (await conn.execute(_REVISION.with_for_update())).scalar()
+                rows = len(insert_params)
                 if insert_params:
                     await conn.execute(_INSERT, insert_params)
                 if update_params:
                     result = await conn.execute(_UPDATE, update_params)
-                    if conn.dialect.supports_sane_multi_rowcount and result.rowcount != len(update_params):
-                        raise ConflictError("catalog.conflict", model="(changed concurrently)")
+                    if conn.dialect.supports_sane_multi_rowcount:
+                        if result.rowcount != len(update_params):
+                            raise ConflictError("catalog.conflict", model="(changed concurrently)")
+                        rows += result.rowcount
+                    else:
+                        rows = -1
+                after = (await conn.execute(_REVISION)).scalar()
+                if not postgres and after is not None and rows >= 0:
+                    # SQLite: one trigger run per row written, and this transaction holds the
+                    # write lock from its first write on
+                    before = after - rows
         except sa.exc.IntegrityError:
             raise ConflictError("catalog.conflict", model="(inserted concurrently)") from None
         except _UNAVAILABLE as exc:
             raise UnavailableError("database.unavailable") from exc
         self._rows_written += len(insert_params) + len(update_params)
+        return (
+            int(before) if before is not None else None,
+            int(after) if after is not None else None,
+        )
 
 
 class SqlSyncLock:
