@@ -80,6 +80,7 @@ def create_redis(
     socket_connect_timeout: float = DEFAULT_SOCKET_CONNECT_TIMEOUT,
     health_check_interval: int = DEFAULT_HEALTH_CHECK_INTERVAL,
     max_connections: int | None = 100,
+    pool_timeout: float = 5.0,
     retries: int = 2,
     client_name: str | None = "maaskit",
     **options: Any,
@@ -93,7 +94,10 @@ def create_redis(
         socket_timeout: seconds a command may take.
         socket_connect_timeout: seconds to connect.
         health_check_interval: idle seconds after which a pooled connection is pinged before reuse.
-        max_connections: size limit of the connection pool (``None``: unlimited).
+        max_connections: size limit of the connection pool (``None``: unlimited). A full pool
+            makes callers wait for a free connection (redis-py's ``BlockingConnectionPool``)
+            instead of failing with "Too many connections" under bursts.
+        pool_timeout: seconds a caller waits for a free pooled connection.
         retries: retries on a connection error or timeout, with a short jittered backoff
             (50 ms up to 500 ms); ``0`` fails on the first error.
         client_name: sent with ``CLIENT SETNAME`` so operators see who is connected.
@@ -116,14 +120,18 @@ def create_redis(
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": socket_connect_timeout,
         "health_check_interval": health_check_interval,
-        "max_connections": max_connections,
         "retry": Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), retries),
         "client_name": client_name,
         "decode_responses": False,
     }
     kwargs.update(options)
     try:
-        return redis_asyncio.Redis.from_url(url, **kwargs)
+        if max_connections is None:
+            return redis_asyncio.Redis.from_url(url, **kwargs)
+        pool = redis_asyncio.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=pool_timeout, **kwargs
+        )
+        return redis_asyncio.Redis.from_pool(pool)
     except (ValueError, TypeError) as exc:
         # redis-py's messages name the scheme or the bad query argument, never the password;
         # still, do not echo the URL itself.
