@@ -318,6 +318,11 @@ async def test_settle_corrects_the_token_estimate(env: Env) -> None:
         (Usage(1, 1, 2, "reported"), {"status": "fine"}),
         (Usage(1, 1, 2, "reported"), {"upstream": "bad\nname"}),
         (Usage(1, 1, 2, "reported"), {"streamed": "yes"}),
+        (Usage(1, 1, 2, "reported"), {"upstream": ["not", "hashable"]}),
+        (Usage(1, 1, 2, ["not", "hashable"]), {}),  # type: ignore[arg-type]
+        (Usage(1, 1, 2, "reported"), {"status": {"not": "hashable"}}),
+        (Usage(1.0, 1, 2, "reported"), {}),  # type: ignore[arg-type]
+        (Usage(1, 1, 2**63, "reported"), {}),
     ],
 )
 async def test_bad_settle_input_writes_nothing_and_leaves_the_admission_open(

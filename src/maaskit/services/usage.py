@@ -176,9 +176,9 @@ class UsageRecord:
         _check_count("total_tokens", self.total_tokens)
         _check_count("cost_micros", self.cost_micros, MAX_MICROS)
         _check_count("latency_ms", self.latency_ms, _MAX_LATENCY_MS)
-        if self.usage_source not in _SOURCES:
+        if not isinstance(self.usage_source, str) or self.usage_source not in _SOURCES:
             raise _invalid("usage_source", "must be 'reported' or 'estimated'")
-        if self.status not in _STATUSES:
+        if not isinstance(self.status, str) or self.status not in _STATUSES:
             raise _invalid("status", "must be 'ok', 'error' or 'cancelled'")
         if not isinstance(self.streamed, bool):
             raise _invalid("streamed", "must be a bool")
