@@ -512,3 +512,26 @@ async def test_concurrent_admissions_admit_exactly_n_with_sql_budgets(
     env = make_env(clock, store, default_max_tokens=100)
     assert not env.gate.synchronous
     await _exactly_n(env)
+
+
+async def test_concurrent_admissions_admit_exactly_n_with_redis(
+    redis_url: str, redis_prefix: str, clock: FakeClock
+) -> None:
+    import redis.asyncio as redis_asyncio
+
+    from maaskit.storage.redis.limits import RedisLimitsStore
+
+    pool = redis_asyncio.BlockingConnectionPool.from_url(redis_url, max_connections=50, timeout=30)
+    client = redis_asyncio.Redis(connection_pool=pool)
+    store = RedisLimitsStore(client, prefix=redis_prefix, clock=clock)
+    await store.load_scripts()
+    try:
+        env = make_env(clock, store, default_max_tokens=100)
+        assert not env.gate.synchronous
+        await _exactly_n(env)
+    finally:
+        keys = [key async for key in client.scan_iter(f"{redis_prefix}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+        await pool.disconnect()
