@@ -38,8 +38,10 @@ if TYPE_CHECKING:
     from maaskit.services.aliases import AliasService
     from maaskit.services.api_keys import ApiKeyService
     from maaskit.services.audit import AuditLog
+    from maaskit.services.auth import Authenticator
     from maaskit.services.cache import CacheService
     from maaskit.services.catalog import ModelCatalog
+    from maaskit.services.credentials import CredentialPool
     from maaskit.services.hub import HubService
     from maaskit.services.integration import IntegrationService
     from maaskit.services.keyring import KeyringService
@@ -345,6 +347,20 @@ class AppService:
         from maaskit.services.integration import IntegrationService
 
         return self.registry.get(IntegrationService)
+
+    @property
+    def auth(self) -> Authenticator:
+        """Turns credentials (session, JWT, API key, admin token) into principals; checks permissions."""
+        from maaskit.services.auth import Authenticator
+
+        return self.registry.get(Authenticator)
+
+    @property
+    def credentials(self) -> CredentialPool:
+        """The pool of upstream credentials (built on first ``aget``; async factory)."""
+        from maaskit.services.credentials import CredentialPool
+
+        return self.registry.get(CredentialPool)
 
 
 def create_app(

@@ -14,9 +14,11 @@ from maaskit.services.ai_api import AiApiService
 from maaskit.services.aliases import AliasService
 from maaskit.services.api_keys import ApiKeyService
 from maaskit.services.audit import AuditLog
+from maaskit.services.auth import Authenticator
 from maaskit.services.budget import BudgetLedger
 from maaskit.services.cache import CacheService
 from maaskit.services.catalog import ModelCatalog
+from maaskit.services.credentials import CredentialPool
 from maaskit.services.hub import HubService
 from maaskit.services.integration import IntegrationService
 from maaskit.services.keyring import KeyringService
@@ -42,9 +44,11 @@ __all__ = [
     "AliasService",
     "ApiKeyService",
     "AuditLog",
+    "Authenticator",
     "BudgetLedger",
     "CacheService",
     "Clock",
+    "CredentialPool",
     "CredentialRevoker",
     "HubService",
     "IntegrationService",

@@ -124,6 +124,13 @@ class Settings(BaseSettings):
     # -- models and upstreams --------------------------------------------------------------
     litellm_url: str | None = None
     litellm_master_key: SecretStr | None = None
+    #: Spend a pool of upstream credentials (stored encrypted) instead of ``upstream_api_key``.
+    credential_pool: bool = False
+    credential_strategy: Literal["round_robin", "least_used", "weighted"] = "round_robin"
+    #: ``{"client model": {"upstream or credential id": "upstream model"}}``.
+    credential_model_map: dict[str, dict[str, str]] = Field(default_factory=dict)
+    credential_disable_after: int = Field(default=3, ge=1, le=1000)
+    credential_flush_interval: float = Field(default=30.0, gt=0)
     hub_endpoint: str | None = None
     hub_token: SecretStr | None = None
     hub_cache_dir: str | None = None

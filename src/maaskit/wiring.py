@@ -10,11 +10,12 @@ import hashlib
 import secrets
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 from maaskit.clock import Clock
+from maaskit.registry import Registry
 from maaskit.services.access_requests import AccessRequestService, DefaultAccessRequestService
 from maaskit.services.admission import AdmissionService, DefaultAdmissionService
 from maaskit.services.ai_api import AiApiService, DefaultAiApiService
@@ -24,6 +25,7 @@ from maaskit.services.audit import AuditLog, DefaultAuditLog
 from maaskit.services.auth import Authenticator, DefaultAuthenticator
 from maaskit.services.cache import CacheService
 from maaskit.services.catalog import ModelCatalog
+from maaskit.services.credentials import CredentialPool
 from maaskit.services.hub import HubService
 from maaskit.services.integration import IntegrationService
 from maaskit.services.keyring import DefaultKeyringService, KeyringService
@@ -44,6 +46,7 @@ from maaskit.storage.ports.access_requests import AccessRequestStore
 from maaskit.storage.ports.api_keys import ApiKeyStore, KeyInvalidationBus
 from maaskit.storage.ports.audit import AuditStore
 from maaskit.storage.ports.catalog import CatalogStore
+from maaskit.storage.ports.credentials import CredentialStore
 from maaskit.storage.ports.downloads import DownloadStore
 from maaskit.storage.ports.limits import LimitsStore
 from maaskit.storage.ports.rbac import RbacStore
@@ -54,9 +57,6 @@ from maaskit.storage.ports.tokens import TokenStore
 from maaskit.storage.ports.usage import UsageStore
 from maaskit.storage.ports.users import UserStore
 from maaskit.storage.sql.database import Database
-
-if TYPE_CHECKING:
-    from maaskit.registry import Registry
 
 __all__ = [
     "DEVELOPMENT_PEPPER",
@@ -219,14 +219,49 @@ def _transport(settings: Settings) -> UpstreamTransport:
     return AiohttpTransport()
 
 
-def _ai_api(settings: Settings, transport: UpstreamTransport, clock: Clock) -> AiApiService:
+async def _ai_api(
+    settings: Settings, transport: UpstreamTransport, clock: Clock, registry: Registry
+) -> AiApiService:
     if settings.upstream_url is None:
         from maaskit.errors import ValidationError
 
         raise ValidationError("upstream.not_configured")
+    pool = await registry.aget(CredentialPool) if settings.credential_pool else None
     return DefaultAiApiService(
-        Upstream.from_settings(settings), transport, clock, retry=RetryPolicy.from_settings(settings)
+        Upstream.from_settings(settings),
+        transport,
+        clock,
+        retry=RetryPolicy.from_settings(settings),
+        credentials=pool,
     )
+
+
+def _credential_store(database: Database) -> CredentialStore:
+    from maaskit.storage.sql.credentials import SqlCredentialStore
+
+    return SqlCredentialStore(database)
+
+
+async def _credentials(
+    settings: Settings, store: CredentialStore, clock: Clock, registry: Registry
+) -> CredentialPool:
+    """The upstream credential pool; secrets encrypted when ``MAASKIT_MASTER_KEY`` is set."""
+    from maaskit.services.credentials import DefaultCredentialPool
+
+    secrets_service = await registry.aget(SecretService) if settings.master_key else None
+    if secrets_service is None:
+        log.warning("credentials.secrets_in_memory", hint="set MAASKIT_MASTER_KEY to store them encrypted")
+    pool = DefaultCredentialPool(
+        store,
+        secrets=secrets_service,
+        clock=clock,
+        strategy=settings.credential_strategy,
+        model_map=settings.credential_model_map,
+        disable_after=settings.credential_disable_after,
+        flush_interval=settings.credential_flush_interval,
+    )
+    await pool.load()
+    return pool
 
 
 def _admission(
@@ -534,6 +569,9 @@ def wire_builtin_services(registry: Registry, settings: Settings) -> None:
     registry.register_factory(LimitsStore, limits_factory)
     registry.register_factory(LimitsGate, _gate)
     registry.register_factory(UpstreamTransport, _transport)
+    registry.register_value(Registry, registry)
+    registry.register_factory(CredentialStore, _credential_store)
+    registry.register_factory(CredentialPool, _credentials)
     registry.register_factory(AiApiService, _ai_api)
     registry.register_factory(AdmissionService, _admission)
 
@@ -581,4 +619,6 @@ def eager_services(settings: Settings) -> tuple[type[Any], ...]:
     eager: tuple[type[Any], ...] = (SettingsService, UsageService, ApiKeyService, AdmissionService)
     if settings.litellm_url and settings.litellm_master_key:
         eager += (IntegrationService,)
+    if settings.credential_pool:
+        eager += (CredentialPool,)
     return eager

@@ -436,6 +436,7 @@ class AdmissionPlan:
 
     __slots__ = (
         "_binding",
+        "_bound_store",
         "_checks",
         "_op_parts",
         "_static_lines",
@@ -472,6 +473,7 @@ class AdmissionPlan:
         self._static_lines = _static_lines(budgets)
         # (store, rate states, budget (counter, limit) pairs, counters) of an in-process store
         self._binding: tuple[object, list[Any], list[tuple[list[int], int]], list[list[int]]] | None = None
+        self._bound_store: object = None  # the store of _binding
         # the ops with the estimate filled in at these positions
         self._template = [(key, cost or 0, units, period) for key, cost, units, period in self._op_parts]
         self._token_positions = tuple(
@@ -965,22 +967,22 @@ class DefaultLimitsGate:
         if amount.__class__ is not int or not 0 <= amount <= MAX_BUDGET_MICROS:
             validate_micros(amount, field="reserve_micros")
         lines = plan._static_lines
-        if lines is not None and len(lines) == 1:
-            # The common case: one budget that never resets. With a store that binds, work on its
-            # live state directly: no look-ups, nothing built unless everything passes.
-            binding = plan._binding
-            if binding is None or binding[0] is not self._store:
-                binding = self._bind(plan, lines)
-            if binding is not None:
-                rid = new_reservation_id() if reservation_id is None else reservation_id
-                done = self._admit_bound(binding[1], est, rid, amount, binding[2], binding[3])  # type: ignore[misc]
-                if done is not None:
-                    counter = binding[3][0]
-                    free = lines[0][3] - counter[0] - counter[1]
-                    return GateDecision._admitted_plan(
-                        plan, est, done[1], done[0], (free if free > 0 else 0,), rid, amount
-                    )
-                reservation_id = rid  # refused (or a taken id): the general path says why
+        if plan._bound_store is not self._store and lines is not None and len(lines) == 1:
+            self._bind(plan, lines)
+        binding = plan._binding
+        if binding is not None and plan._bound_store is self._store:
+            # The common case: one budget that never resets, on the store's live state: no
+            # look-ups, nothing built unless everything passes.
+            rid = new_reservation_id() if reservation_id is None else reservation_id
+            _store, rates, budgets, counters = binding
+            done = self._admit_bound(rates, est, rid, amount, budgets, counters)  # type: ignore[misc]
+            if done is not None:
+                counter, limit = budgets[0]
+                free = limit - counter[0] - counter[1]
+                return GateDecision._admitted_plan(
+                    plan, est, done[1], done[0], (free if free > 0 else 0,), rid, amount
+                )
+            reservation_id = rid  # refused (or a taken id): the general path says why
         ops = plan._template
         positions = plan._token_positions
         if positions:
@@ -1020,6 +1022,7 @@ class DefaultLimitsGate:
         budgets = [(counter, line[3]) for counter, line in zip(counters, lines, strict=True)]
         binding = (self._store, rates, budgets, counters)
         plan._binding = binding
+        plan._bound_store = self._store
         return binding
 
     def _admit_sync(
