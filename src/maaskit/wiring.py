@@ -219,14 +219,23 @@ def _transport(settings: Settings) -> UpstreamTransport:
     return AiohttpTransport()
 
 
-async def _ai_api(
-    settings: Settings, transport: UpstreamTransport, clock: Clock, registry: Registry
+def _ai_api(settings: Settings, transport: UpstreamTransport, clock: Clock) -> AiApiService:
+    return _build_ai_api(settings, transport, clock, None)
+
+
+def _pooled_ai_api(
+    settings: Settings, transport: UpstreamTransport, clock: Clock, pool: CredentialPool
+) -> AiApiService:
+    return _build_ai_api(settings, transport, clock, pool)
+
+
+def _build_ai_api(
+    settings: Settings, transport: UpstreamTransport, clock: Clock, pool: CredentialPool | None
 ) -> AiApiService:
     if settings.upstream_url is None:
         from maaskit.errors import ValidationError
 
         raise ValidationError("upstream.not_configured")
-    pool = await registry.aget(CredentialPool) if settings.credential_pool else None
     return DefaultAiApiService(
         Upstream.from_settings(settings),
         transport,
@@ -271,9 +280,18 @@ def _admission(
     gate: LimitsGate,
     usage: UsageService,
     clock: Clock,
+    auth: Authenticator,
+    catalog: ModelCatalog,
 ) -> AdmissionService:
     return DefaultAdmissionService(
-        api_keys, pricing, gate, usage, clock, default_max_tokens=settings.default_max_tokens
+        api_keys,
+        pricing,
+        gate,
+        usage,
+        clock,
+        default_max_tokens=settings.default_max_tokens,
+        authorizer=auth,
+        catalog=None if settings.model_prices else catalog,
     )
 
 
@@ -572,7 +590,7 @@ def wire_builtin_services(registry: Registry, settings: Settings) -> None:
     registry.register_value(Registry, registry)
     registry.register_factory(CredentialStore, _credential_store)
     registry.register_factory(CredentialPool, _credentials)
-    registry.register_factory(AiApiService, _ai_api)
+    registry.register_factory(AiApiService, _pooled_ai_api if settings.credential_pool else _ai_api)
     registry.register_factory(AdmissionService, _admission)
 
     # identity and access
@@ -621,4 +639,6 @@ def eager_services(settings: Settings) -> tuple[type[Any], ...]:
         eager += (IntegrationService,)
     if settings.credential_pool:
         eager += (CredentialPool,)
+    if settings.upstream_url:
+        eager += (AiApiService,)
     return eager

@@ -50,9 +50,12 @@ from maaskit.services.usage import MAX_ID_LENGTH, UsageRecord, UsageService
 
 __all__ = [
     "MAX_MODEL_NAME_LENGTH",
+    "USE_MODELS",
     "Admission",
     "AdmissionService",
+    "AvailabilityCheck",
     "DefaultAdmissionService",
+    "KeyAuthorizer",
     "Remaining",
     "SettleResult",
     "new_request_id",
@@ -233,15 +236,41 @@ class AdmissionService(Protocol):
         ...
 
 
+#: The permission every way of calling a model needs (API keys included).
+USE_MODELS = "models:use"
+
+
+class _Allows(Protocol):
+    def allows(self, permission: str) -> bool: ...
+
+
+class KeyAuthorizer(Protocol):
+    """What admission needs from :class:`~maaskit.services.auth.Authenticator`."""
+
+    async def principal_for_key(self, key: ApiKey) -> _Allows:
+        """The principal acting through *key* (its owner's permissions, never more)."""
+        ...
+
+
+class AvailabilityCheck(Protocol):
+    """What admission needs from :class:`~maaskit.services.catalog.ModelCatalog`."""
+
+    async def require_available(self, model_id: str) -> Any:
+        """Raise ``model.unavailable`` when *model* is gone upstream."""
+        ...
+
+
 class _KeyPlan:
     """What admission derives from one ApiKey object (rebuilt when the key object changes)."""
 
-    __slots__ = ("key", "plan", "usage_ok")
+    __slots__ = ("authorized_until", "key", "plan", "usage_ok")
 
     def __init__(self, key: ApiKey, plan: AdmissionPlan, usage_ok: bool) -> None:
         self.key = key
         self.plan = plan
         self.usage_ok = usage_ok
+        # monotonic time until which the owner's ``models:use`` permission is known to hold
+        self.authorized_until = -1.0
 
 
 class DefaultAdmissionService:
@@ -261,6 +290,13 @@ class DefaultAdmissionService:
         clock: latency and timestamps.
         default_max_tokens: completion cap for requests without ``max_tokens``.
         estimator: prompt-token estimates for the reservation.
+        authorizer: when given, a key is admitted only if its principal (the owner's RBAC
+            permissions, see :meth:`maaskit.services.auth.DefaultAuthenticator.principal_for_key`)
+            holds ``models:use`` — the same check the admin endpoints make. A positive answer is
+            remembered for *permission_ttl* seconds per key.
+        catalog: when given, requests for models the catalog marks unavailable are refused with
+            ``model.unavailable``.
+        permission_ttl: seconds a positive permission check is reused.
     """
 
     def __init__(
@@ -273,6 +309,9 @@ class DefaultAdmissionService:
         *,
         default_max_tokens: int = 4096,
         estimator: TokenEstimator | None = None,
+        authorizer: KeyAuthorizer | None = None,
+        catalog: AvailabilityCheck | None = None,
+        permission_ttl: float = 5.0,
     ) -> None:
         if (
             isinstance(default_max_tokens, bool)
@@ -300,6 +339,9 @@ class DefaultAdmissionService:
         self._models: set[str] = set()
         self._upstreams: set[str] = set()
         self._plans: dict[str, _KeyPlan] = {}
+        self._authorizer = authorizer
+        self._catalog = catalog
+        self._permission_ttl = permission_ttl
 
     def __repr__(self) -> str:
         return f"DefaultAdmissionService(default_max_tokens={self._default_max_tokens})"
@@ -355,6 +397,8 @@ class DefaultAdmissionService:
         allowed = key.allowed_models  # ApiKey.allows_model, inlined: empty allows every model
         if allowed and model not in allowed:
             raise ForbiddenError("admission.model_not_allowed", model=model)
+        if self._catalog is not None:
+            await self._catalog.require_available(model)
         pricing = self._pricing
         price = pricing.price(model)
         if price is None:
@@ -368,6 +412,8 @@ class DefaultAdmissionService:
         entry = self._plans.get(key.id)
         if entry is None or entry.key is not key:
             entry = self._plan(key)
+        if self._authorizer is not None and entry.authorized_until < self._monotonic():
+            await self._authorize(key, entry)
         request_id = f"{_id_prefix}{next(_id_counter):x}"  # new_request_id(); also names the reservation
         estimate = prompt + max_tokens
         gate = self._sync_gate
@@ -383,6 +429,13 @@ class DefaultAdmissionService:
         if refusal is not None:
             raise refusal
         return Admission(request_id, key, model, max_tokens, prompt, reserve, decision, self._monotonic())
+
+    async def _authorize(self, key: ApiKey, entry: _KeyPlan) -> None:
+        assert self._authorizer is not None
+        principal = await self._authorizer.principal_for_key(key)
+        if not principal.allows(USE_MODELS):
+            raise ForbiddenError("rbac.forbidden", permission=USE_MODELS)
+        entry.authorized_until = self._monotonic() + self._permission_ttl
 
     def _usage_record(
         self,

@@ -12,9 +12,12 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -32,7 +35,6 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import StaticPool
 
 from maaskit.errors import UnavailableError, ValidationError
 
@@ -83,12 +85,21 @@ class Database:
                 "config.invalid", setting="database_url", reason="not a database URL"
             ) from None
         self.dialect = parsed.get_backend_name()
+        self._temporary: Path | None = None
+        engine_url = parsed
         kwargs: dict[str, Any] = {"echo": echo}
         if self.dialect == "sqlite":
             memory = parsed.database in (None, "", ":memory:")
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
             if memory:
-                kwargs["poolclass"] = StaticPool
+                # ``:memory:`` would be one connection shared by every task (StaticPool), whose
+                # transactions then interleave: one task's commit can commit another's half-done
+                # work. A private temporary file gives each connection real isolation and is
+                # deleted by ``aclose()``: the same lifetime as an in-memory database.
+                fd, path = tempfile.mkstemp(prefix="maaskit-memory-", suffix=".db")
+                os.close(fd)
+                self._temporary = Path(path)
+                engine_url = parsed.set(database=path)
         elif self.dialect == "postgresql":
             kwargs.update(
                 pool_size=pool_size,
@@ -100,7 +111,7 @@ class Database:
         else:
             raise ValidationError("config.invalid", setting="database_url", reason="unsupported database")
         self._url = parsed
-        self.engine: AsyncEngine = create_async_engine(parsed, **kwargs)
+        self.engine: AsyncEngine = create_async_engine(engine_url, **kwargs)
         if self.dialect == "sqlite":
             sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -175,8 +186,14 @@ class Database:
             yield conn
 
     async def aclose(self) -> None:
-        """Dispose of the connection pool."""
+        """Dispose of the connection pool (and delete the file behind a ``:memory:`` database)."""
         await self.engine.dispose()
+        self._remove_temporary()
+
+    def _remove_temporary(self) -> None:
+        if self._temporary is not None:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(str(self._temporary) + suffix).unlink(missing_ok=True)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
