@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC
@@ -43,6 +42,7 @@ from maaskit.money import MAX_MICROS
 from maaskit.services.ai_api import Usage
 from maaskit.services.api_keys import ApiKey, ApiKeyService
 from maaskit.services.budget import Settlement
+from maaskit.services.model_names import MAX_MODEL_NAME_LENGTH, is_valid_model_name
 from maaskit.services.pricing import PricingService, StaticPricing
 from maaskit.services.rate_limit import AdmissionPlan, DefaultLimitsGate, GateDecision, LimitsGate, RateKind
 from maaskit.services.tokens_estimate import CharTokenEstimator, TokenEstimator
@@ -62,11 +62,6 @@ __all__ = [
     "validate_model_name",
 ]
 
-#: Longest model name accepted.
-MAX_MODEL_NAME_LENGTH = 256
-# letters, digits and . _ : - @ +, with single '/' between namespace segments
-# (matched with fullmatch: "$" would let a trailing newline through)
-_MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+\-]*(/[A-Za-z0-9][A-Za-z0-9._:@+\-]*)*")
 #: Bounds of the per-service caches (validated model names / upstream names, per-key plans).
 _MAX_CACHED_NAMES: Final = 4096
 _MAX_CACHED_PLANS: Final = 100_000
@@ -110,7 +105,7 @@ def validate_model_name(model: object) -> str:
         raise ValidationError("admission.invalid_model", reason="the model must be a non-empty string")
     if len(model) > MAX_MODEL_NAME_LENGTH:
         raise ValidationError("admission.invalid_model", reason="the model name is too long")
-    if not _MODEL_RE.fullmatch(model) or ".." in model or "://" in model:
+    if not is_valid_model_name(model):
         raise ValidationError("admission.invalid_model", reason="the model name has invalid characters")
     return model
 

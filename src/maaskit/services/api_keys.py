@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from maaskit.clock import Clock, SystemClock
 from maaskit.errors import ConflictError, NotFoundError, UnauthenticatedError, ValidationError
 from maaskit.money import parse_micros
+from maaskit.services.model_names import is_valid_model_name
 from maaskit.storage.ports.api_keys import ApiKeyRecord, ApiKeyStore, KeyInvalidationBus
 
 __all__ = [
@@ -351,6 +352,8 @@ def _check_models(models: Iterable[str]) -> frozenset[str]:
     if isinstance(models, str | bytes):
         raise _invalid("allowed_models", "must be a collection of model names, not one string")
     checked = frozenset(_check_text(m, "allowed_models") for m in models)
+    if not all(is_valid_model_name(m) for m in checked):
+        raise _invalid("allowed_models", "entries must be model names (no paths, URLs or spaces)")
     if len(checked) > 1000:
         raise _invalid("allowed_models", "at most 1000 models")
     return checked
