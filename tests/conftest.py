@@ -21,7 +21,9 @@ import pytest
 from maaskit.storage.sql import Database
 from maaskit.testing.clock import FakeClock
 
-PG_ADMIN_URL = os.environ.get("MAASKIT_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+PG_ADMIN_URL = os.environ.get(
+    "MAASKIT_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
 REDIS_URL = os.environ.get("MAASKIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRE_SERVICES = os.environ.get("MAASKIT_REQUIRE_SERVICES") == "1"
 

@@ -406,7 +406,9 @@ ADMIN_ROUTES = [
 @pytest.mark.parametrize(
     "who", ["none", "wrong-token", "user-key", "admin-token-prefix", "admin-token-as-basic"]
 )
-async def test_admin_endpoints_need_an_admin_credential(gateway: Gateway, captured: Captured, who: str) -> None:
+async def test_admin_endpoints_need_an_admin_credential(
+    gateway: Gateway, captured: Captured, who: str
+) -> None:
     key = await gateway.create_key(budget="0.01")
     token = gateway.admin_token
     headers = {
