@@ -217,7 +217,9 @@ class MasterKey:
             salt: at least 16 random bytes, stored next to the configuration (not secret, but fixed).
             key_id: the key's id.
             kdf: ``"argon2id"`` (default) or ``"pbkdf2"``.
-            time_cost, memory_cost (KiB), parallelism: argon2id parameters (t >= 2, m >= 19 MiB).
+            time_cost: argon2id passes (>= 2).
+            memory_cost: argon2id memory in KiB (>= 19 MiB).
+            parallelism: argon2id lanes.
             iterations: PBKDF2-HMAC-SHA256 iterations (>= 600,000).
 
         Raises:
