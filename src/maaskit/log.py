@@ -264,3 +264,5 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level_no)
+    # aiosqlite logs every call with its SQL parameters (key digests, password hashes) at DEBUG
+    logging.getLogger("aiosqlite").setLevel(max(level_no, logging.INFO))

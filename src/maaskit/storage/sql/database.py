@@ -87,7 +87,9 @@ class Database:
         self.dialect = parsed.get_backend_name()
         self._temporary: Path | None = None
         engine_url = parsed
-        kwargs: dict[str, Any] = {"echo": echo}
+        # hide_parameters: bound values (key digests, password hashes, ciphertexts) never reach the
+        # echo log nor the text of SQLAlchemy's exceptions
+        kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
         if self.dialect == "sqlite":
             memory = parsed.database in (None, "", ":memory:")
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
