@@ -110,6 +110,7 @@ async def test_backend_errors_are_typed_and_secret_free() -> None:
     assert info.value.code == "keyring.error"
     assert "hunter2-canary" not in str(info.value) + repr(info.value)
     assert info.value.__cause__ is None
+    assert info.value.__context__ is None  # not even reachable through the implicit chain
     with pytest.raises(UnavailableError) as info:
         await svc.get("s", "u")
     assert info.value.code == "keyring.no_backend"

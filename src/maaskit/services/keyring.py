@@ -105,13 +105,19 @@ class DefaultKeyringService:
 
     async def _call(self, operation: str, fn: Any, *args: str) -> Any:
         backend = self._resolve()
+        # The backend's exception may echo the password: it is dropped, not chained (raising
+        # outside the ``except`` block leaves no ``__context__`` behind either).
+        code: str | None = None
         try:
             return await anyio.to_thread.run_sync(fn, backend, *args)
         except keyring.errors.NoKeyringError:
-            raise UnavailableError("keyring.no_backend") from None
+            code = "keyring.no_backend"
         except keyring.errors.KeyringError as exc:
             log.warning("keyring_failed", operation=operation, error_type=type(exc).__name__)
-            raise UnavailableError("keyring.error", operation=operation) from None
+            code = "keyring.error"
+        if code == "keyring.no_backend":
+            raise UnavailableError(code)
+        raise UnavailableError("keyring.error", operation=operation)
 
     async def get(self, service: str, username: str) -> str | None:
         """The stored password or ``None``.
