@@ -67,6 +67,8 @@ async def run_demo(*, database_url: str | None = None, out: TextIO) -> int:
                 upstream_api_key=upstream_key,
                 admin_token=admin_token,
                 key_pepper=secrets.token_urlsafe(48),
+                signing_secret=secrets.token_urlsafe(48),
+                master_key=secrets.token_urlsafe(48),
                 model_prices=DEMO_PRICES,
                 limits_backend="sql",
             )

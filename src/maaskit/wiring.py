@@ -414,11 +414,14 @@ def _signing_secret(settings: Settings) -> bytes:
     """``MAASKIT_SIGNING_SECRET``; outside production a random per-process one when unset."""
     if settings.signing_secret is not None:
         return settings.signing_secret.get_secret_value().encode()
-    log.warning("tokens.ephemeral_signing_secret", hint="set MAASKIT_SIGNING_SECRET (32+ random bytes)")
+    if not _warned:
+        _warned.append(True)
+        log.warning("tokens.ephemeral_signing_secret", hint="set MAASKIT_SIGNING_SECRET (32+ random bytes)")
     return _EPHEMERAL_SECRET
 
 
 _EPHEMERAL_SECRET = secrets.token_bytes(32)
+_warned: list[bool] = []  # warn about the ephemeral secret once per process
 
 
 def _token_store(database: Database) -> TokenStore:
