@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from maaskit.errors import UnauthenticatedError
 from maaskit.services.ai_api import Usage
 from maaskit.testing import build_test_app
 from maaskit.wiring import RedisClient
@@ -39,11 +42,8 @@ async def test_admit_and_settle_each_cost_one_redis_round_trip(redis_url: str) -
                 await app.admission.settle(admission, Usage(4, 6, 10, "reported"))
                 assert commands == ["EVALSHA"]
             commands.clear()
-            refused = app.admission.admit("mk_not-a-valid-key", "rt-model", BODY)
-            try:
-                await refused
-            except Exception as exc:  # a malformed key costs no round trip at all
-                assert type(exc).__name__ == "UnauthenticatedError"
+            with pytest.raises(UnauthenticatedError):  # a malformed key costs no round trip at all
+                await app.admission.admit("mk_not-a-valid-key", "rt-model", BODY)
             assert commands == []
         finally:
             client.execute_command = original  # type: ignore[attr-defined]
