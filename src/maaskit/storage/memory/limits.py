@@ -16,11 +16,12 @@ Example::
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from maaskit.clock import Clock, SystemClock
-from maaskit.errors import ConflictError, NotFoundError
+from maaskit.errors import ConflictError, NotFoundError, ValidationError
 from maaskit.storage.ports.limits import (
     AdmitOutcome,
     BudgetLine,
@@ -49,14 +50,16 @@ class MemoryLimitsStore:
 
     Args:
         clock: the time source for rate limits (inject a ``FakeClock`` in tests).
-
-    Settled reservations are remembered (for idempotent settles) until
-    :meth:`forget_settled` is called; a long-running process should call it periodically.
+        keep_settled: how many settled reservations are remembered for idempotent settles; the
+            oldest are forgotten beyond it (a repeated settle of a forgotten one raises
+            ``budget.reservation_not_found``), so memory stays bounded in a long-running process.
     """
 
-    __slots__ = ("_budgets", "_clock", "_rates", "_reservations", "_time")
+    __slots__ = ("_budgets", "_clock", "_keep_settled", "_rates", "_reservations", "_settled", "_time")
 
-    def __init__(self, clock: Clock | None = None) -> None:
+    def __init__(self, clock: Clock | None = None, *, keep_settled: int = 100_000) -> None:
+        if isinstance(keep_settled, bool) or not isinstance(keep_settled, int) or keep_settled < 1:
+            raise ValidationError("config.invalid", setting="keep_settled", reason="must be an integer >= 1")
         self._clock: Clock = clock or SystemClock()
         # the system clock's time() is time.time(): call it directly on the hot path
         self._time = time.time if type(self._clock) is SystemClock else self._clock.time
@@ -64,6 +67,9 @@ class MemoryLimitsStore:
         # (account, period_start) -> [committed, reserved, overage]
         self._budgets: dict[tuple[str, int], list[int]] = {}
         self._reservations: dict[str, _Reservation] = {}
+        # settled reservations are kept (for idempotent settles) up to a bound, oldest dropped first
+        self._settled: deque[str] = deque()
+        self._keep_settled = keep_settled
 
     def __repr__(self) -> str:
         return f"MemoryLimitsStore({len(self._rates)} rate keys, {len(self._budgets)} budgets)"
@@ -304,6 +310,10 @@ class MemoryLimitsStore:
                 counter[2] += overage
             outcome = SettleOutcome(reservation_id, status, committed, overage, False)
             res[2] = outcome
+            settled = self._settled
+            settled.append(reservation_id)
+            if len(settled) > self._keep_settled:
+                self._reservations.pop(settled.popleft(), None)
         if adjustments:
             now = int(self._time() * 1000 + 0.001)
             table = self._rates
@@ -336,4 +346,5 @@ class MemoryLimitsStore:
         settled = [rid for rid, res in self._reservations.items() if res[2] is not None]
         for rid in settled:
             del self._reservations[rid]
+        self._settled.clear()
         return len(settled)
