@@ -33,3 +33,21 @@ async def test_settled_reservations_are_bounded_and_oldest_forgotten() -> None:
 def test_keep_settled_must_be_a_positive_integer(bad: object) -> None:
     with pytest.raises(ValidationError):
         MemoryLimitsStore(keep_settled=bad)  # type: ignore[arg-type]
+
+
+def test_reservation_ids_differ_in_a_forked_child() -> None:
+    import os
+
+    from maaskit.services.budget import new_reservation_id
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child writes one id and leaves at once
+        os.write(write, new_reservation_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 100).decode()
+    os.close(read)
+    parent = new_reservation_id()
+    assert child[:16] != parent[:16]

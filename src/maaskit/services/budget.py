@@ -86,6 +86,17 @@ _ID_PREFIX = os.urandom(8).hex()
 _ID_COUNTER = itertools.count(1)
 
 
+def _reseed_ids() -> None:
+    # a forked worker must not reuse its parent's prefix: reservation ids are shared in Redis/SQL
+    global _ID_PREFIX, _ID_COUNTER
+    _ID_PREFIX = os.urandom(8).hex()
+    _ID_COUNTER = itertools.count(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reseed_ids)
+
+
 def new_reservation_id() -> str:
     """A reservation id unique across processes: a random per-process prefix plus a counter."""
     return f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
