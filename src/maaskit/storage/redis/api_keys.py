@@ -82,6 +82,9 @@ class RedisKeyInvalidationBus:
         self._listeners: list[InvalidationListener] = []
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        # Set by stop(): the listener leaves its loops by itself even if a cancellation is lost
+        # (Python 3.11 can swallow one in a close that finishes at the same moment).
+        self._stopping = False
         #: How many times the listener (re)subscribed; every time, listeners were told to clear all.
         self.subscriptions = 0
 
@@ -136,6 +139,7 @@ class RedisKeyInvalidationBus:
         if self.running:
             return
         self._subscribed = asyncio.Event()
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name=f"maaskit-key-invalidation:{self._channel}")
         try:
             await asyncio.wait_for(self._subscribed.wait(), self._start_timeout)
@@ -146,15 +150,20 @@ class RedisKeyInvalidationBus:
     async def stop(self) -> None:
         """Stop the listener (and close the client if the bus owns it). Idempotent."""
         task, self._task = self._task, None
+        self._stopping = True
         if task is not None:
             task.cancel()
             # Bounded: closing a pub/sub connection that Redis just dropped can stall in redis-py.
             done, _ = await asyncio.wait({task}, timeout=_CLOSE_TIMEOUT)
+            if not done:  # a lost cancellation: the stop flag ends the loop; cancel once more
+                task.cancel()
+                done, _ = await asyncio.wait({task}, timeout=_CLOSE_TIMEOUT)
             if not done:
                 log.warning("api_key.invalidation_listener_stop_timeout", channel=self._channel)
         if self._close_client:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._redis.aclose(), _CLOSE_TIMEOUT)
+                async with asyncio.timeout(_CLOSE_TIMEOUT):
+                    await self._redis.aclose()
 
     async def _run(self) -> None:
         retrying = AsyncRetrying(
@@ -165,6 +174,8 @@ class RedisKeyInvalidationBus:
         )
         async for attempt in retrying:
             with attempt:
+                if self._stopping:
+                    return
                 await self._listen()
 
     @staticmethod
@@ -180,7 +191,7 @@ class RedisKeyInvalidationBus:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=False)
         try:
             await pubsub.subscribe(self._channel)
-            while True:
+            while not self._stopping:
                 message = await pubsub.get_message(timeout=1.0)
                 if message is None:
                     continue
@@ -197,5 +208,20 @@ class RedisKeyInvalidationBus:
             self._deliver(None)
             raise
         finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
+            await _drop(pubsub)
+
+
+async def _drop(pubsub: Any) -> None:
+    """Close a pub/sub connection without waiting for the peer.
+
+    A graceful close of a connection that Redis has just dropped can wait for ever (and a
+    cancelled wait would then block the event loop's shutdown), so the socket is closed without
+    waiting (``nowait``) before the pub/sub object is reset.
+    """
+    connection = getattr(pubsub, "connection", None)
+    if connection is not None:
+        with contextlib.suppress(Exception):
+            await connection.disconnect(nowait=True)
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(1.0):  # not wait_for: it can swallow a cancellation on 3.11
+            await pubsub.aclose()
