@@ -117,7 +117,9 @@ class _Gateway:
     async def chat_completions(self, request: Request) -> Response:
         await self._services()
         credential = mk.credential(request)
-        body = await _json_body(request, self.settings.max_request_bytes)
+        # a stream handed over by the data plane arrives with its body already parsed
+        parsed: dict[str, Any] | None = request.scope.get("state", {}).pop(_PARSED_BODY, None)
+        body = parsed if parsed is not None else await _json_body(request, self.settings.max_request_bytes)
         admission = await self.admission.admit(credential, body.get("model"), body)  # type: ignore[arg-type]
         upstream_body = admission.upstream_body(body)
         headers = _headers(admission)
@@ -353,6 +355,10 @@ async def _root(_request: Request) -> Response:
     return JSONResponse({"service": "maaskit gateway"})
 
 
+#: Scope-state key under which the data plane hands a parsed body to the control plane.
+_PARSED_BODY = "maaskit.parsed_body"
+
+
 class GatewayApp:
     """The gateway's ASGI app: a lean data plane in front of the Starlette control plane.
 
@@ -395,7 +401,8 @@ class GatewayApp:
         except MaasError as error:
             await _send_error(send, error, locale)
             return
-        if body.get("stream") is True:  # replay the body to the control plane's streaming route
+        if body.get("stream") is True:  # the control plane's streaming route, body already parsed
+            scope.setdefault("state", {})[_PARSED_BODY] = body
             await self.control(scope, _replay(raw, receive), send)
             return
         await self._complete(credential, body, send, locale)
