@@ -124,3 +124,13 @@ async def sql_db(request: pytest.FixtureRequest) -> AsyncIterator[Database]:
     if request.param == "postgres":
         await db.downgrade("base")
     await db.aclose()
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres", "redis"])
+def store_backend(request: pytest.FixtureRequest) -> tuple[str, str, str]:
+    """``(kind, url, redis key prefix)`` for a store contract run on every backend."""
+    if request.param == "postgres":
+        return ("postgres", request.getfixturevalue("postgres_url"), "")
+    if request.param == "redis":
+        return ("redis", request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix"))
+    return (request.param, "sqlite+aiosqlite:///:memory:", "")

@@ -23,19 +23,9 @@ from maaskit.storage.sql.sessions import SqlSessionStore
 from maaskit.testing.clock import FakeClock
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres", "redis"])
-def backend(request: pytest.FixtureRequest) -> tuple[str, str, str]:
-    """Resolve server fixtures synchronously (``postgres_url`` runs its own event loop)."""
-    if request.param == "postgres":
-        return ("postgres", request.getfixturevalue("postgres_url"), "")
-    if request.param == "redis":
-        return ("redis", request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix"))
-    return (request.param, "sqlite+aiosqlite:///:memory:", "")
-
-
 @pytest.fixture
-async def store(backend: tuple[str, str, str]) -> AsyncIterator[SessionStore]:
-    kind, url, prefix = backend
+async def store(store_backend: tuple[str, str, str]) -> AsyncIterator[SessionStore]:
+    kind, url, prefix = store_backend
     if kind == "memory":
         yield MemorySessionStore()
     elif kind in ("sqlite", "postgres"):
