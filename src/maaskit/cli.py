@@ -66,6 +66,9 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=False,
         log_level="warning",
         lifespan="on",
+        # X-Forwarded-For is honoured by maaskit itself, for MAASKIT_TRUSTED_PROXIES only: uvicorn
+        # must not rewrite the peer address first (it trusts loopback peers by default)
+        proxy_headers=False,
     )
     return 0
 

@@ -405,9 +405,11 @@ class GatewayApp:
             scope.setdefault("state", {})[_PARSED_BODY] = body
             await self.control(scope, _replay(raw, receive), send)
             return
-        await self._complete(credential, body, send, locale)
+        await self._complete(credential, body, raw, send, locale)
 
-    async def _complete(self, credential: str, body: dict[str, Any], send: Send, locale: str) -> None:
+    async def _complete(
+        self, credential: str, body: dict[str, Any], raw: bytes, send: Send, locale: str
+    ) -> None:
         gw = self._gw
         try:
             await gw._services()
@@ -416,7 +418,10 @@ class GatewayApp:
             await _send_error(send, error, locale)
             return
         try:
-            result = await gw.ai.chat_completion(admission.upstream_body(body))
+            # the client's bytes go upstream as they are (plus max_tokens) unless a rewrite is due
+            result = await gw.ai.chat_completion(
+                admission.upstream_body(body), raw=admission.upstream_json(body, raw)
+            )
         except BaseException as exc:
             await gw.admission.release(admission, upstream=gw.upstream_name)
             if isinstance(exc, MaasError):

@@ -341,6 +341,9 @@ BAD_BODIES = {
     "string": b'"fake-model"',
     "empty": b"",
     "not-utf8": b'{"model": "\xff\xfe"}',
+    "nested-too-deep": b'{"model": "fake-model", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    "lone-surrogate": b'{"model": "fake-model\\ud800"}',
+    "trailing-garbage": b'{"model": "fake-model"} {}',
 }
 
 

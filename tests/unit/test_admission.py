@@ -5,6 +5,8 @@ the completion cap, cost clamping, and concurrent admissions against a budget th
 
 from __future__ import annotations
 
+import json
+
 import asyncio
 from collections.abc import Sequence
 from datetime import timedelta
@@ -414,6 +416,15 @@ async def test_max_tokens_defaults_to_the_cap_and_goes_upstream(env: Env) -> Non
         **body,
         "max_completion_tokens": 9,
     }
+    raw = b'{"model": "%s", "messages": [{"role": "user", "content": "x"}]} \r\n' % MODEL.encode()
+    spliced = admission.upstream_json(json.loads(raw), raw)
+    assert spliced.startswith(raw.rstrip()[:-1]) and json.loads(spliced) == {**json.loads(raw), "max_tokens": 100}
+    explicit_raw = json.dumps({**body, "max_tokens": 7}).encode()
+    assert explicit.upstream_json(json.loads(explicit_raw), explicit_raw) is explicit_raw
+    assert json.loads(admission.upstream_json({}, b"{ }")) == {"max_tokens": 100}
+    with pytest.raises(ValidationError) as caught:
+        admission.upstream_json(body, b'{"model": "x"')
+    assert caught.value.code == "admission.invalid_body"
     embeddings = await env.service.admit(secret, MODEL, {"input": "y" * 8}, max_output_tokens=0)
     assert (embeddings.max_tokens, embeddings.prompt_tokens_estimate, embeddings.reserved_micros) == (0, 2, 2)
 

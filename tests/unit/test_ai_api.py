@@ -153,6 +153,65 @@ async def test_caller_cannot_pick_host_key_or_headers(fake: FakeUpstream, clock:
     assert "api_base" in hostile  # the caller's dict is not mutated
 
 
+async def test_raw_bytes_are_forwarded_unchanged_when_no_rewrite_is_due(
+    fake: FakeUpstream, clock: FakeClock
+) -> None:
+    ai = make_service(fake, clock)
+    raw = b'{ "model" : "fake-model", "messages": [{"role":"user","content":"hi \\u00e9"}], "x": 1.50 }'
+    body = json.loads(raw)
+    result = await ai.chat_completion(body, raw=raw)
+    assert fake.requests[-1].body == raw  # not parsed and dumped again: spacing and 1.50 kept
+    assert result.usage.source == "reported"
+
+
+@pytest.mark.parametrize(
+    ("extra", "gone"),
+    [
+        ({"api_base": "http://evil.example/v1"}, "api_base"),
+        ({"headers": {"Host": "evil.example"}}, "headers"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"stream": 0}, None),
+    ],
+)
+async def test_raw_bytes_are_not_forwarded_when_the_body_needs_rewriting(
+    fake: FakeUpstream, clock: FakeClock, extra: dict[str, object], gone: str | None
+) -> None:
+    ai = make_service(fake, clock)
+    body = {"model": "fake-model", "messages": MESSAGES, **extra}
+    raw = json.dumps(body).encode()
+    await ai.chat_completion(body, raw=raw)
+    sent = fake.requests[-1]
+    assert sent.body != raw
+    if gone is not None:
+        assert gone not in sent.json
+    assert sent.json.get("stream", False) is False
+
+
+async def test_raw_bytes_are_not_forwarded_for_a_mapped_model(fake: FakeUpstream, clock: FakeClock) -> None:
+    ai = make_service(fake, clock, model_map={"alias": "upstream-model"})
+    body = {"model": "alias", "messages": MESSAGES}
+    await ai.chat_completion(body, raw=json.dumps(body).encode())
+    assert fake.requests[-1].json["model"] == "upstream-model"
+
+
+@pytest.mark.parametrize(
+    "reply", [b"[" * 5000 + b"]" * 5000, b'{"usage": ' * 3000 + b"1" + b"}" * 3000, b'{"a": NaN}']
+)
+async def test_hostile_upstream_json_is_an_invalid_response(
+    fake: FakeUpstream, clock: FakeClock, reply: bytes
+) -> None:
+    client = httpx.AsyncClient(transport=httpx.MockTransport(lambda _r: httpx.Response(200, content=reply)))
+    ai = DefaultAiApiService(
+        Upstream(name="fake", base_url=fake.base_url, api_key=KEY),
+        HttpxTransport(client, owns_client=True),
+        clock,
+        retry=RetryPolicy(max_attempts=1),
+    )
+    with pytest.raises(UpstreamError) as caught:
+        await ai.chat_completion({"model": "fake-model", "messages": MESSAGES})
+    assert caught.value.code == "upstream.invalid_response"
+
+
 @pytest.mark.parametrize("body", [[], {"messages": MESSAGES}, {"model": 3}, {"model": ""}])
 async def test_invalid_bodies_are_refused_before_sending(
     fake: FakeUpstream, clock: FakeClock, body: object

@@ -13,6 +13,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from maaskit.errors import MaasError, UnauthenticatedError, ValidationError, http_status
 
 __all__ = [
@@ -98,6 +100,17 @@ def _reject_constant(value: str) -> Any:
     raise ValueError(f"{value} is not valid JSON")
 
 
+def _json_error_reason(raw: bytes) -> str:
+    """Why orjson refused *raw* (the error path only: the standard library says what it was)."""
+    try:
+        json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        return "nested too deeply"
+    except (ValueError, UnicodeDecodeError) as exc:
+        return "NaN and Infinity are not JSON" if "not valid JSON" in str(exc) else "malformed JSON"
+    return "malformed JSON (not UTF-8, an unpaired surrogate or nesting deeper than 1,024 levels)"
+
+
 def check_declared_length(content_length: str | int | None, limit: int) -> None:
     """Refuse (``http.body_too_large``) a request whose declared length exceeds *limit*."""
     declared: int | None = None
@@ -112,16 +125,18 @@ def check_declared_length(content_length: str | int | None, limit: int) -> None:
 def parse_json_object(raw: bytes, limit: int) -> dict[str, Any]:
     """Parse a request body strictly: at most *limit* bytes, a JSON object, no NaN/Infinity.
 
+    Parsed with orjson (UTF-8 only, nesting deeper than 1,024 levels refused); an integer beyond
+    64 bits becomes a float, which every integer field refuses.
+
     Raises:
         ValidationError: ``http.body_too_large`` or ``http.invalid_json`` (with the reason).
     """
     if len(raw) > limit:
         raise ValidationError("http.body_too_large", limit=limit)
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        reason = "NaN and Infinity are not JSON" if "not valid JSON" in str(exc) else "malformed JSON"
-        raise ValidationError("http.invalid_json", reason=reason) from None
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ValidationError("http.invalid_json", reason=_json_error_reason(raw)) from None
     if not isinstance(body, dict):
         raise ValidationError("http.invalid_json", reason="the body must be a JSON object")
     return body

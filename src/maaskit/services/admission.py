@@ -179,6 +179,25 @@ class Admission:
             out["max_tokens"] = self.max_tokens
         return out
 
+    def upstream_json(self, body: Mapping[str, Any], raw: bytes) -> bytes:
+        """The JSON text of :meth:`upstream_body` from *raw*, the text *body* was parsed from.
+
+        When the cap is missing, ``"max_tokens":N`` is spliced in before the object's closing
+        brace; nothing is parsed or serialised again. *raw* must be the JSON object *body* came
+        from (as a server's request parser left it).
+
+        Raises:
+            ValidationError: ``admission.invalid_body`` when *raw* does not end a JSON object.
+        """
+        if "max_tokens" in body or "max_completion_tokens" in body:
+            return raw
+        end = raw.rstrip(b" \t\r\n")
+        if not end.endswith(b"}"):
+            raise ValidationError("admission.invalid_body", reason="the body is not a JSON object")
+        head = end[:-1]
+        separator = b"," if body else b""
+        return b"%s%s\"max_tokens\":%d}" % (head, separator, self.max_tokens)
+
 
 @attrs.frozen
 class SettleResult:

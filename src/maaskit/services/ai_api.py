@@ -40,6 +40,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol, runtime_checkable
 
 import attrs
+import orjson
 import structlog
 
 from maaskit.clock import Clock, SystemClock
@@ -238,8 +239,13 @@ OnComplete = Callable[[Usage], Awaitable[None] | None]
 class AiApiService(Protocol):
     """An OpenAI-compatible upstream API."""
 
-    async def chat_completion(self, body: Mapping[str, Any]) -> ChatResult:
-        """Send a non-streamed ``/chat/completions`` request."""
+    async def chat_completion(self, body: Mapping[str, Any], *, raw: bytes | None = None) -> ChatResult:
+        """Send a non-streamed ``/chat/completions`` request.
+
+        *raw*, when given, is the JSON text of *body* (for instance the client's request bytes,
+        see :meth:`maaskit.services.admission.Admission.upstream_json`): an implementation may
+        forward it as it is when *body* needs no rewriting, instead of serialising *body* again.
+        """
         ...
 
     def stream_chat_completion(
@@ -345,8 +351,13 @@ class DefaultAiApiService:
 
     # -- public API ---------------------------------------------------------------------------
 
-    async def chat_completion(self, body: Mapping[str, Any]) -> ChatResult:
+    async def chat_completion(self, body: Mapping[str, Any], *, raw: bytes | None = None) -> ChatResult:
         """Send a non-streamed chat completion; returns the upstream's bytes, parsed JSON and usage.
+
+        *raw* (the JSON text of *body*) is forwarded unchanged when *body* needs no rewriting:
+        no key that is removed before forwarding (:data:`STRIPPED_BODY_KEYS`), no
+        ``stream_options``, ``stream`` absent or ``false``, no upstream model mapping and no
+        credential pool. Otherwise *body* is serialised as usual.
 
         Raises:
             ValidationError: the body is not a JSON object with a ``model`` string
@@ -367,7 +378,10 @@ class DefaultAiApiService:
             finally:
                 lease.release(tokens=reported.total_tokens if reported is not None else None)
         else:
-            payload, model = self._prepare(body, stream=False)
+            if raw is None or not self._forwards_as_is(body):
+                payload, model = self._prepare(body, stream=False)
+            else:
+                payload, model = raw, body["model"]
             resp = await self._send("POST", self._chat_url, self._json_headers, payload, model=model)
             data = self._parse_object(resp.body)
             usage = Usage.from_reported(data.get("usage"))
@@ -492,6 +506,18 @@ class DefaultAiApiService:
         out = {k: v for k, v in body.items() if k not in STRIPPED_BODY_KEYS}
         out["model"] = self._upstream.model_map.get(model, model)
         return out, model
+
+    def _forwards_as_is(self, body: Mapping[str, Any]) -> bool:
+        """Whether a non-streamed *body* reaches the upstream unchanged (see ``chat_completion``)."""
+        model = body.get("model")
+        return (
+            model.__class__ is str
+            and model != ""
+            and body.get("stream", False) is False
+            and "stream_options" not in body
+            and STRIPPED_BODY_KEYS.isdisjoint(body)
+            and model not in self._upstream.model_map
+        )
 
     @staticmethod
     def _dump(out: dict[str, Any]) -> bytes:
@@ -744,8 +770,8 @@ class DefaultAiApiService:
 
     def _parse_object(self, body: bytes) -> dict[str, Any]:
         try:
-            data = json.loads(body)
-        except ValueError:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
             raise UpstreamError(
                 "upstream.invalid_response", upstream=self._upstream.name, reason="the body is not JSON"
             ) from None
@@ -1010,8 +1036,8 @@ class ChatStream:
             if not data or data == b"[DONE]":
                 continue
             try:
-                obj = json.loads(data)
-            except ValueError:
+                obj = orjson.loads(data)
+            except orjson.JSONDecodeError:
                 continue
             if not isinstance(obj, dict):
                 continue
