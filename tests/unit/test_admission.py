@@ -5,9 +5,8 @@ the completion cap, cost clamping, and concurrent admissions against a budget th
 
 from __future__ import annotations
 
-import json
-
 import asyncio
+import json
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -418,7 +417,8 @@ async def test_max_tokens_defaults_to_the_cap_and_goes_upstream(env: Env) -> Non
     }
     raw = b'{"model": "%s", "messages": [{"role": "user", "content": "x"}]} \r\n' % MODEL.encode()
     spliced = admission.upstream_json(json.loads(raw), raw)
-    assert spliced.startswith(raw.rstrip()[:-1]) and json.loads(spliced) == {**json.loads(raw), "max_tokens": 100}
+    assert spliced.startswith(raw.rstrip()[:-1])
+    assert json.loads(spliced) == {**json.loads(raw), "max_tokens": 100}
     explicit_raw = json.dumps({**body, "max_tokens": 7}).encode()
     assert explicit.upstream_json(json.loads(explicit_raw), explicit_raw) is explicit_raw
     assert json.loads(admission.upstream_json({}, b"{ }")) == {"max_tokens": 100}

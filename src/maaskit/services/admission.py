@@ -196,7 +196,7 @@ class Admission:
             raise ValidationError("admission.invalid_body", reason="the body is not a JSON object")
         head = end[:-1]
         separator = b"," if body else b""
-        return b"%s%s\"max_tokens\":%d}" % (head, separator, self.max_tokens)
+        return b'%s%s"max_tokens":%d}' % (head, separator, self.max_tokens)
 
 
 @attrs.frozen

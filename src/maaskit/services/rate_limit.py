@@ -435,10 +435,12 @@ class AdmissionPlan:
     """
 
     __slots__ = (
+        "_admitter",
         "_binding",
         "_bound_store",
         "_checks",
         "_op_parts",
+        "_settler",
         "_static_lines",
         "_template",
         "_token_ops",
@@ -474,6 +476,9 @@ class AdmissionPlan:
         # (store, rate states, budget (counter, limit) pairs, counters) of an in-process store
         self._binding: tuple[object, list[Any], list[tuple[list[int], int]], list[list[int]]] | None = None
         self._bound_store: object = None  # the store of _binding
+        # that store's compiled admit/settle for this plan (MemoryLimitsStore.compile_bound)
+        self._admitter: Callable[[int, str, int], tuple[int, list[int], tuple[int, ...]] | None] | None = None
+        self._settler: Callable[[str | None, int, int | None, int | None], SettleOutcome | None] | None = None
         # the ops with the estimate filled in at these positions
         self._template = [(key, cost or 0, units, period) for key, cost, units, period in self._op_parts]
         self._token_positions = tuple(
@@ -797,6 +802,9 @@ _RawSettle = Callable[
 ]
 
 
+_new_decision = GateDecision.__new__
+
+
 def _sync_ops(store: object) -> tuple[Any, ...] | None:
     """The store's synchronous fast path (``sync_ops()``), if it offers one: ``(admit_raw,
     settle_now)``, optionally followed by ``(bind, admit_bound)``."""
@@ -837,7 +845,16 @@ class DefaultLimitsGate:
         clock: decides the budget periods.
     """
 
-    __slots__ = ("_admit_bound", "_bind_store", "_clock", "_raw_admit", "_raw_settle", "_store", "_time")
+    __slots__ = (
+        "_admit_bound",
+        "_bind_store",
+        "_clock",
+        "_compile_bound",
+        "_raw_admit",
+        "_raw_settle",
+        "_store",
+        "_time",
+    )
 
     def __init__(self, store: LimitsStore, clock: Clock) -> None:
         self._store = store
@@ -851,6 +868,10 @@ class DefaultLimitsGate:
         self._admit_bound: Callable[..., tuple[int, list[int]] | None] | None = None
         if ops is not None and len(ops) > 2:
             self._bind_store, self._admit_bound = ops[2], ops[3]
+        # optional: compile a bound plan into two closures (see MemoryLimitsStore.compile_bound)
+        self._compile_bound: Callable[..., tuple[Any, Any]] | None = (
+            ops[4] if ops is not None and len(ops) > 4 else None
+        )
 
     def __repr__(self) -> str:
         return f"DefaultLimitsGate({type(self._store).__name__})"
@@ -967,13 +988,32 @@ class DefaultLimitsGate:
         if amount.__class__ is not int or not 0 <= amount <= MAX_BUDGET_MICROS:
             validate_micros(amount, field="reserve_micros")
         lines = plan._static_lines
-        if plan._bound_store is not self._store and lines is not None and len(lines) == 1:
+        if (
+            plan._bound_store is not self._store
+            and lines is not None
+            and (len(lines) == 1 or (not lines and self._compile_bound is not None))
+        ):
             self._bind(plan, lines)
         binding = plan._binding
         if binding is not None and plan._bound_store is self._store:
-            # The common case: one budget that never resets, on the store's live state: no
-            # look-ups, nothing built unless everything passes.
+            # The common case: at most one budget, which never resets, on the store's live state:
+            # no look-ups, nothing built unless everything passes.
             rid = new_reservation_id() if reservation_id is None else reservation_id
+            admitter = plan._admitter
+            if admitter is not None:
+                admitted = admitter(est, rid, amount)
+                if admitted is not None:  # GateDecision._admitted_plan, inlined
+                    decision = _new_decision(GateDecision)
+                    decision._allowed = True
+                    decision._rates = None
+                    decision._available = admitted[2]
+                    decision._ticket = None
+                    decision._refusal = None
+                    decision._source = (plan._checks, est, admitted[1], admitted[0])
+                    # without a budget nothing was reserved: the ticket names no reservation
+                    decision._plan_ticket = (rid if lines else None, amount, plan, est)
+                    return decision
+                return self._acquire_general(plan, est, amount, lines, rid)
             _store, rates, budgets, counters = binding
             done = self._admit_bound(rates, est, rid, amount, budgets, counters)  # type: ignore[misc]
             if done is not None:
@@ -983,6 +1023,16 @@ class DefaultLimitsGate:
                     plan, est, done[1], done[0], (free if free > 0 else 0,), rid, amount
                 )
             reservation_id = rid  # refused (or a taken id): the general path says why
+        return self._acquire_general(plan, est, amount, lines, reservation_id)
+
+    def _acquire_general(
+        self,
+        plan: AdmissionPlan,
+        est: int,
+        amount: int,
+        lines: tuple[BudgetLine, ...] | None,
+        reservation_id: str | None,
+    ) -> GateDecision:
         ops = plan._template
         positions = plan._token_positions
         if positions:
@@ -1021,6 +1071,8 @@ class DefaultLimitsGate:
         ]
         budgets = [(counter, line[3]) for counter, line in zip(counters, lines, strict=True)]
         binding = (self._store, rates, budgets, counters)
+        if self._compile_bound is not None:
+            plan._admitter, plan._settler = self._compile_bound(rates, budgets, counters)
         plan._binding = binding
         plan._bound_store = self._store
         return binding
@@ -1161,6 +1213,15 @@ class DefaultLimitsGate:
                 return self.release_now(ticket)
             return self.settle_now(ticket, actual_tokens=actual_tokens, actual_micros=actual_micros)
         rid, _amount, plan, est = parts
+        settler = plan._settler
+        if settler is not None and plan._bound_store is self._store:
+            if actual_tokens is None:
+                return settler(rid, est, None, None)
+            _check_settle_figures(actual_tokens, actual_micros)
+            settled = settler(rid, est, actual_tokens, actual_micros)
+            if settled is not None and settled.overage_micros:
+                log_overage(settled)
+            return settled
         if actual_tokens is None:
             return raw(_plan_adjustments(plan, est, None), rid, None)
         _check_settle_figures(actual_tokens, actual_micros)

@@ -37,12 +37,19 @@ from maaskit.storage.ports.limits import (
     gcra_drain,
 )
 
-__all__ = ["MemoryLimitsStore"]
+__all__ = ["BoundAdmit", "BoundSettle", "MemoryLimitsStore"]
 
 
 # A reservation: [amount, [budget counter, ...], first SettleOutcome or None] (a list: the
 # cheapest mutable record to build on the hot path).
 _Reservation = list[Any]
+
+# (now_ms, levels, available per budget) of an admission that passed
+_Admitted = tuple[int, list[int], tuple[int, ...]]
+#: ``admit(estimate, reservation_id, amount)`` of :meth:`MemoryLimitsStore.compile_bound`.
+BoundAdmit = Callable[[int, str, int], "_Admitted | None"]
+#: ``settle(reservation_id, estimate, actual_tokens, actual_micros)`` of the same.
+BoundSettle = Callable[["str | None", int, "int | None", "int | None"], "SettleOutcome | None"]
 
 
 class MemoryLimitsStore:
@@ -244,8 +251,159 @@ class MemoryLimitsStore:
                 state[1] = now
         return now, levels
 
+    def compile_bound(
+        self,
+        rates: Sequence[tuple[list[int], int | None, int, int]],
+        budgets: Sequence[tuple[list[int], int]],
+        counters: list[list[int]],
+    ) -> tuple[BoundAdmit, BoundSettle]:
+        """``(admit, settle)`` for one admission plan, over states from :meth:`bind`.
+
+        The same results as :meth:`admit_bound` and :meth:`settle_now`, with everything they look
+        up bound once (the hot path of an in-process limits gate):
+
+        * ``admit(estimate, reservation_id, amount)`` returns ``(now_ms, levels, available)`` when
+          every check passed and all was applied (``available``: per budget, what is left after
+          the reservation), else ``None`` with nothing written — ask :meth:`admit_raw` why;
+          without a budget nothing is reserved (the id is not recorded);
+        * ``settle(reservation_id, estimate, actual_tokens, actual_micros)`` settles the
+          reservation once (``None`` figures: a release) and corrects the checks without a fixed
+          cost by ``actual_tokens - estimate`` (a release gives the estimate back); a repeated
+          call changes nothing and returns the first outcome with ``already_settled``; a ``None``
+          id (no budget) applies the token corrections only and returns ``None``.
+
+        Args:
+            rates: ``(state, cost, limit, period_ms)`` per check; a ``None`` cost is the estimate.
+            budgets: ``(counter, limit_micros)`` per budget line.
+            counters: the same counters as a list (kept by each reservation).
+        """
+        now_ms = self._time
+        reservations = self._reservations
+        settled = self._settled
+        keep = self._keep_settled
+        token_states = tuple(
+            (state, limit, period, 2 * limit * period) for state, cost, limit, period in rates if cost is None
+        )
+        committed_status, released_status = SettlementStatus.COMMITTED, SettlementStatus.RELEASED
+        admit = self._compile_admit(rates, budgets, counters)
+
+        def settle(
+            reservation_id: str | None, estimate: int, actual_tokens: int | None, actual_micros: int | None
+        ) -> SettleOutcome | None:
+            if reservation_id is None:  # no budget: only the token corrections
+                adjust(estimate, actual_tokens)
+                return None
+            res = reservations.get(reservation_id)
+            if res is None:
+                raise NotFoundError("budget.reservation_not_found", reservation_id=reservation_id)
+            first = res[2]
+            if first is not None:
+                return SettleOutcome(first[0], first[1], first[2], first[3], True)
+            amount = res[0]
+            if actual_micros is None:
+                committed = overage = 0
+                status = released_status
+            else:
+                committed = actual_micros if actual_micros < amount else amount
+                overage = actual_micros - committed
+                status = committed_status
+            for counter in res[1]:
+                counter[1] -= amount
+                counter[0] += committed
+                counter[2] += overage
+            outcome = SettleOutcome(reservation_id, status, committed, overage, False)
+            res[2] = outcome
+            settled.append(reservation_id)
+            if len(settled) > keep:
+                reservations.pop(settled.popleft(), None)
+            adjust(estimate, actual_tokens)
+            return outcome
+
+        def adjust(estimate: int, actual_tokens: int | None) -> None:
+            delta = -estimate if actual_tokens is None else actual_tokens - estimate
+            if delta and token_states:
+                now = int(now_ms() * 1000 + 0.001)
+                for state, limit, period, cap in token_states:  # gcra_drain + gcra_adjust, inlined
+                    level, ts = state
+                    if now > ts:
+                        level -= (now - ts) * limit
+                        if level < 0:
+                            level = 0
+                        state[1] = now
+                    level += delta * period
+                    state[0] = 0 if level < 0 else (cap if level > cap else level)
+
+        return admit, settle
+
+    def _compile_admit(
+        self,
+        rates: Sequence[tuple[list[int], int | None, int, int]],
+        budgets: Sequence[tuple[list[int], int]],
+        counters: list[list[int]],
+    ) -> BoundAdmit:
+        """The ``admit`` of :meth:`compile_bound`: straight-line code for up to two checks and one
+        budget (an API key's requests/min, tokens/min and budget), :meth:`admit_bound` beyond."""
+        reservations = self._reservations
+        if len(rates) > 2 or len(budgets) > 1:
+            admit_bound = self.admit_bound
+            lines = tuple(budgets)
+
+            def admit_any(estimate: int, reservation_id: str, amount: int) -> _Admitted | None:
+                done = admit_bound(rates, estimate, reservation_id, amount, lines, counters)
+                if done is None:
+                    return None
+                return done[0], done[1], tuple(limit - c[0] - c[1] for c, limit in lines)
+
+            return admit_any
+        now_ms = self._time
+        unused: list[int] = [0, 0]  # the state of a check a plan does not have (never refuses)
+        first, second = (*rates, (unused, 0, 1, 1), (unused, 0, 1, 1))[:2]
+        one, two = len(rates) >= 1, len(rates) == 2
+        state1, cost1, limit1, period1 = first
+        state2, cost2, limit2, period2 = second
+        capacity1, capacity2 = limit1 * period1, limit2 * period2
+        has_budget = len(budgets) == 1
+        counter, budget_limit = budgets[0] if has_budget else ([0, 0, 0], 0)
+
+        def admit(estimate: int, reservation_id: str, amount: int) -> _Admitted | None:
+            now = int(now_ms() * 1000 + 0.001)  # float-safe whole milliseconds
+            level1, ts1 = state1  # gcra_drain, inlined; nothing is written before every check passed
+            if now > ts1:
+                level1 -= (now - ts1) * limit1
+                if level1 < 0:
+                    level1 = 0
+            level1 += (estimate if cost1 is None else cost1) * period1
+            if level1 > capacity1:
+                return None
+            level2, ts2 = state2
+            if now > ts2:
+                level2 -= (now - ts2) * limit2
+                if level2 < 0:
+                    level2 = 0
+            level2 += (estimate if cost2 is None else cost2) * period2
+            if level2 > capacity2:
+                return None
+            if has_budget:
+                free = budget_limit - counter[0] - counter[1] - amount
+                if free < 0 or reservation_id in reservations:
+                    return None  # (a taken id: admit_raw raises the conflict)
+                counter[1] += amount
+                reservations[reservation_id] = [amount, counters, None]
+                available: tuple[int, ...] = (free,)
+            else:
+                available = ()  # no budget: nothing is reserved (the ticket carries no id)
+            state1[0] = level1
+            if ts1 < now:  # time never runs backwards for a counter (see gcra_drain)
+                state1[1] = now
+            state2[0] = level2
+            if ts2 < now:
+                state2[1] = now
+            return now, ([level1, level2] if two else [level1] if one else []), available
+
+        return admit
+
     def sync_ops(self) -> tuple[Callable[..., Any], ...] | None:
-        """``(admit_raw, settle_now, bind, admit_bound)``: the synchronous fast path a limits gate
+        """``(admit_raw, settle_now, bind, admit_bound, compile_bound)``: the synchronous fast path a limits gate
         may use instead of awaiting :meth:`admit` and :meth:`settle_admission` (same results, no
         coroutine hops).
 
@@ -259,7 +417,7 @@ class MemoryLimitsStore:
             or cls.admit_now is not base.admit_now
         ):
             return None
-        return self.admit_raw, self.settle_now, self.bind, self.admit_bound
+        return self.admit_raw, self.settle_now, self.bind, self.admit_bound, self.compile_bound
 
     async def reserve(self, request: ReserveRequest) -> ReserveOutcome:
         """Reserve on every line, all or nothing (see :class:`~maaskit.storage.ports.limits.LedgerStore`)."""
