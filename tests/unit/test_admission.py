@@ -429,6 +429,29 @@ async def test_max_tokens_defaults_to_the_cap_and_goes_upstream(env: Env) -> Non
     assert (embeddings.max_tokens, embeddings.prompt_tokens_estimate, embeddings.reserved_micros) == (0, 2, 2)
 
 
+async def test_a_null_cap_counts_as_absent_and_the_upstream_gets_the_reserved_cap(env: Env) -> None:
+    secret, _ = await env.key(budget_micros=10_000)
+    base = {"model": MODEL, "messages": BODY["messages"]}
+    # max_completion_tokens: null, max_tokens: 5 -> upstreams apply 5; so is the reservation
+    both = {**base, "max_completion_tokens": None, "max_tokens": 5}
+    admission = await env.service.admit(secret, MODEL, both)
+    assert admission.max_tokens == 5
+    assert admission.upstream_body(both) == both
+    # a lone null cap would leave the upstream uncapped: it gets the default the reservation assumed
+    for field in ("max_tokens", "max_completion_tokens"):
+        body = {**base, field: None}
+        admission = await env.service.admit(secret, MODEL, body)
+        assert admission.max_tokens == 100
+        assert admission.upstream_body(body)["max_tokens"] == 100
+        raw = json.dumps(body).encode()
+        sent = json.loads(admission.upstream_json(body, raw))
+        assert sent["max_tokens"] == 100
+        assert sent == admission.upstream_body(body)
+    with pytest.raises(ValidationError) as caught:
+        await env.service.admit(secret, MODEL, {**base, "max_completion_tokens": None, "max_tokens": "9"})
+    assert caught.value.code == "admission.invalid_max_tokens"
+
+
 def test_default_max_tokens_is_validated(clock: FakeClock) -> None:
     for bad in (0, -1, True, 1.5):
         with pytest.raises(ValidationError):

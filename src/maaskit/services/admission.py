@@ -28,9 +28,10 @@ Example::
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC
 from typing import Any, Final, Literal, Protocol, runtime_checkable
 
@@ -43,7 +44,7 @@ from maaskit.services.ai_api import Usage
 from maaskit.services.api_keys import ApiKey, ApiKeyService
 from maaskit.services.budget import Settlement
 from maaskit.services.model_names import MAX_MODEL_NAME_LENGTH, is_valid_model_name
-from maaskit.services.pricing import PricingService, StaticPricing
+from maaskit.services.pricing import ModelPrice, PricingService, StaticPricing
 from maaskit.services.rate_limit import AdmissionPlan, DefaultLimitsGate, GateDecision, LimitsGate, RateKind
 from maaskit.services.tokens_estimate import CharTokenEstimator, TokenEstimator
 from maaskit.services.usage import MAX_ID_LENGTH, UsageRecord, UsageService
@@ -71,13 +72,14 @@ _MAX_LATENCY_MS: Final = 2**31 - 1
 # Request ids: a random per-process prefix (64 bits) plus a counter - unique across replicas and
 # far cheaper than uuid4. A forked child draws a new prefix, so workers never share one.
 _id_prefix = os.urandom(8).hex()
-_id_counter = itertools.count(1)
+# the ids themselves, formatted by a C-level iterator: next(_ids) is the next request id
+_ids: Iterator[str] = map(f"{_id_prefix}%x".__mod__, itertools.count(1))
 
 
 def _reseed_ids() -> None:
-    global _id_prefix, _id_counter
+    global _id_prefix, _ids
     _id_prefix = os.urandom(8).hex()
-    _id_counter = itertools.count(1)
+    _ids = map(f"{_id_prefix}%x".__mod__, itertools.count(1))
 
 
 if hasattr(os, "register_at_fork"):
@@ -86,7 +88,7 @@ if hasattr(os, "register_at_fork"):
 
 def new_request_id() -> str:
     """A request id unique across processes and replicas (random prefix + counter, hex)."""
-    return f"{_id_prefix}{next(_id_counter):x}"
+    return next(_ids)
 
 
 def _fits(value: object) -> bool:
@@ -173,9 +175,10 @@ class Admission:
         return Remaining(min(budgets) if budgets else None, requests, tokens, requests_reset, tokens_reset)
 
     def upstream_body(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """*body* with the completion cap the reservation assumed (``max_tokens`` when absent)."""
+        """*body* with the completion cap the reservation assumed (``max_tokens`` when neither
+        ``max_tokens`` nor ``max_completion_tokens`` is given; a ``null`` counts as not given)."""
         out = dict(body)
-        if "max_tokens" not in out and "max_completion_tokens" not in out:
+        if out.get("max_tokens") is None and out.get("max_completion_tokens") is None:
             out["max_tokens"] = self.max_tokens
         return out
 
@@ -189,8 +192,10 @@ class Admission:
         Raises:
             ValidationError: ``admission.invalid_body`` when *raw* does not end a JSON object.
         """
-        if "max_tokens" in body or "max_completion_tokens" in body:
+        if body.get("max_tokens") is not None or body.get("max_completion_tokens") is not None:
             return raw
+        if "max_tokens" in body or "max_completion_tokens" in body:  # a null cap: no duplicate key
+            return json.dumps(self.upstream_body(body), separators=(",", ":"), ensure_ascii=False).encode()
         end = raw.rstrip(b" \t\r\n")
         if not end.endswith(b"}"):
             raise ValidationError("admission.invalid_body", reason="the body is not a JSON object")
@@ -340,7 +345,10 @@ class DefaultAdmissionService:
             api_keys, "validate_cached", None
         )
         self._pricing = pricing
-        self._static_pricing = type(pricing) is StaticPricing
+        # StaticPricing never changes: admit reads its table directly
+        self._static_prices: dict[str, ModelPrice] | None = (
+            pricing._prices if type(pricing) is StaticPricing else None
+        )
         self._gate = gate
         self._plan_gate = gate if isinstance(gate, DefaultLimitsGate) else None
         self._sync_gate = gate if isinstance(gate, DefaultLimitsGate) and gate.synchronous else None
@@ -349,6 +357,7 @@ class DefaultAdmissionService:
         # the system clock's monotonic() is time.monotonic(): call it directly on the hot path
         self._monotonic = time.monotonic if type(clock) is SystemClock else clock.monotonic
         self._default_max_tokens = default_max_tokens
+        self._max_cap = default_max_tokens * 64  # larger caps are refused (see _max_tokens)
         self._estimator = estimator or CharTokenEstimator()
         self._models: set[str] = set()
         self._upstreams: set[str] = set()
@@ -361,12 +370,15 @@ class DefaultAdmissionService:
         return f"DefaultAdmissionService(default_max_tokens={self._default_max_tokens})"
 
     def _max_tokens(self, body: Mapping[str, Any]) -> int:
-        value = body.get("max_completion_tokens", body.get("max_tokens"))
+        # max_completion_tokens first; a null is the same as an absent field (as upstreams read it)
+        value = body.get("max_completion_tokens")
+        if value is None:
+            value = body.get("max_tokens")
         if value is None:
             return self._default_max_tokens
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValidationError("admission.invalid_max_tokens", reason="must be a positive integer")
-        if value > self._default_max_tokens * 64:
+        if value > self._max_cap:
             raise ValidationError("admission.invalid_max_tokens", reason="larger than any model allows")
         return value
 
@@ -413,22 +425,33 @@ class DefaultAdmissionService:
             raise ForbiddenError("admission.model_not_allowed", model=model)
         if self._catalog is not None:
             await self._catalog.require_available(model)
-        pricing = self._pricing
-        price = pricing.price(model)
+        prices = self._static_prices
+        price = self._pricing.price(model) if prices is None else prices.get(model)
         if price is None:
             raise NotFoundError("admission.unknown_model", model=model)
-        max_tokens = self._max_tokens(body) if max_output_tokens is None else max_output_tokens
+        if max_output_tokens is not None:
+            max_tokens = max_output_tokens
+        else:  # _max_tokens(body), with its common cases inlined
+            cap = body.get("max_completion_tokens")
+            if cap is None:
+                cap = body.get("max_tokens")
+            if cap is None:
+                max_tokens = self._default_max_tokens
+            elif cap.__class__ is int and 0 < cap <= self._max_cap:
+                max_tokens = cap
+            else:
+                max_tokens = self._max_tokens(body)  # (raises the precise error)
         prompt = self._estimator.prompt_tokens(body)
-        if self._static_pricing:  # StaticPricing.max_cost_micros is exactly the price's cost_micros
+        if prices is not None:  # StaticPricing.max_cost_micros is exactly the price's cost_micros
             reserve = price.cost_micros(prompt, max_tokens)
         else:
-            reserve = pricing.max_cost_micros(model, prompt, max_tokens)
+            reserve = self._pricing.max_cost_micros(model, prompt, max_tokens)
         entry = self._plans.get(key.id)
         if entry is None or entry.key is not key:
             entry = self._plan(key)
         if self._authorizer is not None and entry.authorized_until < self._monotonic():
             await self._authorize(key, entry)
-        request_id = f"{_id_prefix}{next(_id_counter):x}"  # new_request_id(); also names the reservation
+        request_id = next(_ids)  # new_request_id(); also names the reservation
         estimate = prompt + max_tokens
         gate = self._sync_gate
         if gate is not None:
