@@ -40,7 +40,7 @@ from maaskit.adapters._http import bearer_credential, check_declared_length, err
 from maaskit.admin_api import AdminApi
 from maaskit.app import AppService, create_app
 from maaskit.errors import MaasError, ValidationError
-from maaskit.money import from_micros, parse_micros, to_micros
+from maaskit.money import from_micros, micros_to_str, parse_micros, to_micros
 from maaskit.services.admission import Admission, AdmissionService
 from maaskit.services.ai_api import AiApiService, ChatStream, Usage
 from maaskit.services.api_keys import ApiKey, ApiKeyService
@@ -308,10 +308,10 @@ class _Gateway:
 
 
 def _headers(admission: Admission) -> dict[str, str]:
-    headers = admission.headers()
-    budget = admission.remaining.budget_micros
-    if budget is not None:
-        headers["x-maaskit-budget-remaining"] = str(from_micros(budget))
+    headers = admission.decision.headers()
+    budgets = admission.decision.budget_available_micros  # what Admission.remaining reports
+    if budgets:
+        headers["x-maaskit-budget-remaining"] = micros_to_str(min(budgets))
     return headers
 
 
@@ -430,7 +430,8 @@ class GatewayApp:
             raise
         await gw.admission.settle(admission, result.usage, upstream=gw.upstream_name)
         headers = [(b"content-type", b"application/json")]
-        headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in _headers(admission).items()]
+        for name, value in _headers(admission).items():
+            headers.append((name.encode("latin-1"), value.encode("latin-1")))
         await send({"type": "http.response.start", "status": result.status, "headers": headers})
         await send({"type": "http.response.body", "body": result.body})
 

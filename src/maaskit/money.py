@@ -26,12 +26,14 @@ __all__ = [
     "ceil_micros",
     "format_money",
     "from_micros",
+    "micros_to_str",
     "parse_micros",
     "to_micros",
 ]
 
 Micros = int
 MICROS_PER_UNIT: Final = 1_000_000
+_ONE: Final = Decimal(1)
 #: The largest amount maaskit accepts (fits a signed 64-bit column): about 9.2 trillion units.
 MAX_MICROS: Final = 2**63 - 1
 
@@ -80,8 +82,28 @@ def parse_micros(value: object, *, field: str = "amount", allow_negative: bool =
 
 
 def from_micros(micros: Micros) -> Decimal:
-    """Convert micro-units back to a ``Decimal`` amount (exact)."""
-    return Decimal(micros).scaleb(-6).normalize() if micros else Decimal(0)
+    """Convert micro-units back to a ``Decimal`` amount (exact, no trailing zeros).
+
+    Its ``str()`` is plain decimal notation: ``from_micros(10_000_000)`` is ``Decimal("10")``,
+    never ``Decimal("1E+1")``.
+    """
+    if not micros:
+        return Decimal(0)
+    value = Decimal(micros).scaleb(-6).normalize()
+    return value if value.as_tuple().exponent <= 0 else value.quantize(_ONE)  # type: ignore[operator]
+
+
+def micros_to_str(micros: Micros) -> str:
+    """``str(from_micros(micros))`` with integer arithmetic only (for hot paths such as headers).
+
+    Example: ``micros_to_str(1_500_000) == "1.5"``, ``micros_to_str(10_000_000) == "10"``.
+    """
+    if micros < 0:
+        return "-" + micros_to_str(-micros)
+    units, fraction = divmod(micros, MICROS_PER_UNIT)
+    if not fraction:
+        return str(units)
+    return f"{units}.{fraction:06d}".rstrip("0")
 
 
 def ceil_micros(value: Decimal) -> Micros:

@@ -1,5 +1,6 @@
 """The memory gate's compiled plan path (``MemoryLimitsStore.compile_bound``) decides exactly like the
-general path: the same decisions, refusals, headers, settlements and final state, step by step.
+general path: the same decisions, refusals, headers, settlements and final state, step by step; and
+an admission's headers, rendered without the per-rate decisions, are exactly theirs.
 
 Two gates over two stores on two fake clocks advanced alike; one has its compiled path switched off.
 """
@@ -34,10 +35,13 @@ steps = st.lists(
 def _view(decision: GateDecision) -> tuple[Any, ...]:
     refusal = decision.refusal
     ticket = decision.ticket
+    headers = decision.headers()  # an admission renders them without building the per-rate decisions
+    assert decision.rates is not None
+    assert decision.headers() == headers  # ... and they are the per-rate decisions' headers
     return (
         decision.allowed,
         None if refusal is None else (refusal.code, refusal.params),
-        decision.headers(),
+        headers,
         decision.budget_available_micros,
         None if ticket is None else (ticket.reservation_id is None, ticket.reserved_micros),
     )

@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from maaskit.errors import ValidationError
-from maaskit.money import MAX_MICROS, format_money, from_micros, parse_micros, to_micros
+from maaskit.money import MAX_MICROS, format_money, from_micros, micros_to_str, parse_micros, to_micros
 
 
 def test_whole_and_fractional_amounts() -> None:
@@ -41,3 +41,28 @@ def test_micros_round_trip(micros: int) -> None:
 @given(st.decimals(min_value=Decimal(-(10**9)), max_value=Decimal(10**9), places=6, allow_nan=False))
 def test_six_decimal_places_are_exact(amount: Decimal) -> None:
     assert from_micros(to_micros(amount)) == amount
+
+
+@pytest.mark.parametrize(
+    ("micros", "text"),
+    [
+        (10_000_000, "10"),
+        (120_000_000, "120"),
+        (1_500_000, "1.5"),
+        (1, "0.000001"),
+        (0, "0"),
+        (-2_000_000, "-2"),
+    ],
+)
+def test_amounts_print_in_plain_decimal_notation(micros: int, text: str) -> None:
+    # normalize() alone turned 10 USD into "1E+1" (seen in the admin API and the budget header)
+    assert str(from_micros(micros)) == text
+    assert micros_to_str(micros) == text
+
+
+@given(st.integers(min_value=-MAX_MICROS, max_value=MAX_MICROS))
+def test_micros_to_str_is_str_of_from_micros(micros: int) -> None:
+    text = micros_to_str(micros)
+    assert text == str(from_micros(micros))
+    assert "E" not in text
+    assert Decimal(text) == from_micros(micros)

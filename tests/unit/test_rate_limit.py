@@ -10,8 +10,11 @@ import pytest
 from maaskit.errors import ValidationError
 from maaskit.services.rate_limit import (
     AdmissionLimits,
+    AdmissionPlan,
+    BudgetCheck,
     DefaultLimitsGate,
     DefaultRateLimiter,
+    RateCheck,
     RateKind,
     RateLimit,
     format_reset,
@@ -129,3 +132,29 @@ async def test_redis_gate_uses_one_round_trip_per_admit_and_settle(
     refused = await gate.acquire(AdmissionLimits.simple("key", rpm=1))  # another limit: refused, one trip
     assert not refused.allowed
     assert commands == ["EVALSHA"]
+
+
+async def test_admission_headers_show_the_most_restrictive_limit_per_kind(clock: FakeClock) -> None:
+    store = MemoryLimitsStore(clock)
+    gate = DefaultLimitsGate(store, clock)
+    plan = AdmissionPlan(
+        rates=[
+            RateCheck("key", RateLimit(10, 60, RateKind.REQUESTS), 1),
+            RateCheck("team", RateLimit(3, 60, RateKind.REQUESTS), 1),
+            RateCheck("key", RateLimit(1000, 60, RateKind.TOKENS), 0),
+            RateCheck("team", RateLimit(5000, 60, RateKind.TOKENS), 0),
+        ],
+        budgets=[BudgetCheck("acct", 10_000)],
+    )
+    decision = await gate.acquire_plan(plan, 300, 5)
+    fast = decision.headers()
+    assert fast == {
+        "x-ratelimit-limit-requests": "3",
+        "x-ratelimit-remaining-requests": "2",
+        "x-ratelimit-reset-requests": "20s",
+        "x-ratelimit-limit-tokens": "1000",
+        "x-ratelimit-remaining-tokens": "700",
+        "x-ratelimit-reset-tokens": "18s",
+    }
+    assert len(decision.rates) == 4
+    assert decision.headers() == fast  # from the per-rate decisions

@@ -137,6 +137,11 @@ class RateLimit:
         return cls(limit, 60, RateKind(kind))
 
 
+_LIMIT_HEADER: Final = {kind.value: f"x-ratelimit-limit-{kind.value}" for kind in RateKind}
+_REMAINING_HEADER: Final = {kind.value: f"x-ratelimit-remaining-{kind.value}" for kind in RateKind}
+_RESET_HEADER: Final = {kind.value: f"x-ratelimit-reset-{kind.value}" for kind in RateKind}
+
+
 def format_reset(ms: int) -> str:
     """A duration in OpenAI's ``x-ratelimit-reset-*`` style: ``"20ms"``, ``"1.5s"``, ``"6m0s"``."""
     if ms < 1000:
@@ -743,6 +748,26 @@ class GateDecision:
 
     def headers(self) -> dict[str, str]:
         """The ``x-ratelimit-*`` headers (the most restrictive decision per kind)."""
+        source = self._source
+        if self._rates is None and source is not None:
+            # an admission: the same figures as the per-rate decisions, without building them
+            checks, _estimate, levels, _now = source
+            fastest: dict[str, tuple[int, int, int]] = {}  # kind -> (limit, remaining, reset ms)
+            for (limit, _cost), level in zip(checks, levels, strict=True):
+                units = limit.limit
+                period_ms = limit.period_seconds * 1000
+                free = units * period_ms - level
+                remaining = free // period_ms if free > 0 else 0
+                kind = limit.kind.value
+                current = fastest.get(kind)
+                if current is None or remaining < current[1]:
+                    fastest[kind] = (units, remaining, -(-level // units))
+            headers: dict[str, str] = {}
+            for kind, (units, remaining, reset_ms) in fastest.items():
+                headers[_LIMIT_HEADER[kind]] = str(units)
+                headers[_REMAINING_HEADER[kind]] = str(remaining)
+                headers[_RESET_HEADER[kind]] = format_reset(reset_ms)
+            return headers
         best: dict[RateKind, RateLimitDecision] = {}
         for decision in self.rates:
             current = best.get(decision.kind)

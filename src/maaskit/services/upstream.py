@@ -126,7 +126,7 @@ class TransportClosedError(TransportError):
 # timeouts, responses, the transport protocol
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)  # a transport looks its client timeout up by it on every request
 class Timeouts:
     """Timeouts of one upstream request, in seconds (``None``: no limit).
 
