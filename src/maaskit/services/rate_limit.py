@@ -759,8 +759,8 @@ class GateDecision:
                 free = units * period_ms - level
                 remaining = free // period_ms if free > 0 else 0
                 kind = limit.kind.value
-                current = fastest.get(kind)
-                if current is None or remaining < current[1]:
+                known = fastest.get(kind)
+                if known is None or remaining < known[1]:
                     fastest[kind] = (units, remaining, -(-level // units))
             headers: dict[str, str] = {}
             for kind, (units, remaining, reset_ms) in fastest.items():
