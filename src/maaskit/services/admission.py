@@ -44,7 +44,7 @@ from maaskit.services.ai_api import Usage
 from maaskit.services.api_keys import ApiKey, ApiKeyService
 from maaskit.services.budget import Settlement
 from maaskit.services.model_names import MAX_MODEL_NAME_LENGTH, is_valid_model_name
-from maaskit.services.pricing import ModelPrice, PricingService, StaticPricing
+from maaskit.services.pricing import MAX_TOKENS, ModelPrice, PricingService, StaticPricing
 from maaskit.services.rate_limit import AdmissionPlan, DefaultLimitsGate, GateDecision, LimitsGate, RateKind
 from maaskit.services.tokens_estimate import CharTokenEstimator, TokenEstimator
 from maaskit.services.usage import MAX_ID_LENGTH, UsageRecord, UsageService
@@ -359,6 +359,7 @@ class DefaultAdmissionService:
         self._default_max_tokens = default_max_tokens
         self._max_cap = default_max_tokens * 64  # larger caps are refused (see _max_tokens)
         self._estimator = estimator or CharTokenEstimator()
+        self._prompt_tokens = self._estimator.prompt_tokens
         self._models: set[str] = set()
         self._upstreams: set[str] = set()
         self._plans: dict[str, _KeyPlan] = {}
@@ -441,11 +442,18 @@ class DefaultAdmissionService:
                 max_tokens = cap
             else:
                 max_tokens = self._max_tokens(body)  # (raises the precise error)
-        prompt = self._estimator.prompt_tokens(body)
-        if prices is not None:  # StaticPricing.max_cost_micros is exactly the price's cost_micros
-            reserve = price.cost_micros(prompt, max_tokens)
-        else:
+        prompt = self._prompt_tokens(body)
+        if prices is None:
             reserve = self._pricing.max_cost_micros(model, prompt, max_tokens)
+        elif (
+            prompt.__class__ is int
+            and 0 <= prompt <= MAX_TOKENS
+            and max_tokens.__class__ is int
+            and 0 <= max_tokens <= MAX_TOKENS
+        ):  # StaticPricing.max_cost_micros is the price's cost_micros; inlined for counts in range
+            reserve = -(-(prompt * price._in + max_tokens * price._out + price._req) // price._den)
+        else:  # (the checking call says what is wrong)
+            reserve = price.cost_micros(prompt, max_tokens)
         entry = self._plans.get(key.id)
         if entry is None or entry.key is not key:
             entry = self._plan(key)
