@@ -25,7 +25,7 @@ from maaskit.errors import (
 )
 from maaskit.services.admission import Admission, DefaultAdmissionService, SettleResult, new_request_id
 from maaskit.services.ai_api import Usage
-from maaskit.services.api_keys import ApiKey, DefaultApiKeyService, generate_key
+from maaskit.services.api_keys import _MAX_LIMIT, ApiKey, DefaultApiKeyService, generate_key
 from maaskit.services.pricing import ModelPrice, StaticPricing
 from maaskit.services.rate_limit import DefaultLimitsGate
 from maaskit.services.usage import DefaultUsageService, UsageRecord
@@ -569,3 +569,15 @@ async def test_concurrent_admissions_admit_exactly_n_with_redis(
             await client.delete(*keys)
         await client.aclose()
         await pool.disconnect()
+
+
+async def test_the_largest_limits_a_key_accepts_are_limits_admission_can_apply(env: Env) -> None:
+    secret, key = await env.key(rpm_limit=_MAX_LIMIT, tpm_limit=_MAX_LIMIT)
+    admission = await env.service.admit(secret, MODEL, BODY)
+    assert admission.headers()["x-ratelimit-limit-tokens"] == str(_MAX_LIMIT)
+    for field in ("rpm_limit", "tpm_limit"):
+        with pytest.raises(ValidationError) as caught:
+            await env.keys.update_limits(key.id, **{field: _MAX_LIMIT + 1})
+        assert caught.value.code == "api_key.invalid_field"
+        with pytest.raises(ValidationError):
+            await env.key(**{field: _MAX_LIMIT + 1})

@@ -42,6 +42,7 @@ from maaskit.errors import ConflictError, NotFoundError, UnauthenticatedError, V
 from maaskit.money import parse_micros
 from maaskit.services.model_names import is_valid_model_name
 from maaskit.storage.ports.api_keys import ApiKeyRecord, ApiKeyStore, KeyInvalidationBus
+from maaskit.storage.ports.limits import MAX_LIMIT_UNITS
 
 __all__ = [
     "KEY_LENGTH",
@@ -74,7 +75,8 @@ _BODY_END: Final = len(KEY_PREFIX) + _RANDOM_CHARS
 #: The shortest accepted server pepper, in bytes.
 MIN_PEPPER_BYTES: Final = 32
 _MAX_TEXT: Final = 256
-_MAX_LIMIT: Final = 2**62
+# rpm/tpm are per minute: the rate limiter keeps limit * 60,000 ms below MAX_LIMIT_UNITS
+_MAX_LIMIT: Final = (MAX_LIMIT_UNITS - 1) // 60_000
 _MAX_GRACE_SECONDS: Final = 366 * 86400.0
 _MAX_CAS_ATTEMPTS: Final = 5
 _ROTATE_INFO: Final = b"maaskit.api_key.rotate\x00"
@@ -342,7 +344,7 @@ def _check_limit(value: object, field: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _invalid(field, "must be an integer")
     if not 1 <= value <= _MAX_LIMIT:
-        raise _invalid(field, "must be a positive integer")
+        raise _invalid(field, f"must be a positive integer no larger than {_MAX_LIMIT}")
     return value
 
 
