@@ -282,12 +282,14 @@ class AvailabilityCheck(Protocol):
 class _KeyPlan:
     """What admission derives from one ApiKey object (rebuilt when the key object changes)."""
 
-    __slots__ = ("authorized_until", "key", "plan", "usage_ok")
+    __slots__ = ("authorized_until", "key", "plan", "prices", "usage_ok")
 
     def __init__(self, key: ApiKey, plan: AdmissionPlan, usage_ok: bool) -> None:
         self.key = key
         self.plan = plan
         self.usage_ok = usage_ok
+        # models this key was admitted for, with their (static) prices: every check passed
+        self.prices: dict[str, ModelPrice] = {}
         # monotonic time until which the owner's ``models:use`` permission is known to hold
         self.authorized_until = -1.0
 
@@ -419,17 +421,13 @@ class DefaultAdmissionService:
         key = None if cached is None else cached(credential)  # a cache hit needs no coroutine
         if key is None:
             key = await self._keys.validate(credential)
-        if model.__class__ is not str or model not in self._models:
-            self._check_model(model)
-        allowed = key.allowed_models  # ApiKey.allows_model, inlined: empty allows every model
-        if allowed and model not in allowed:
-            raise ForbiddenError("admission.model_not_allowed", model=model)
-        if self._catalog is not None:
-            await self._catalog.require_available(model)
+        entry = self._plans.get(key.id)
+        if entry is None or entry.key is not key:
+            entry = self._plan(key)
         prices = self._static_prices
-        price = self._pricing.price(model) if prices is None else prices.get(model)
-        if price is None:
-            raise NotFoundError("admission.unknown_model", model=model)
+        price = entry.prices.get(model) if model.__class__ is str else None
+        if price is None:  # the first request of this key for this model, or not a static price
+            price = await self._price_for(key, entry, model)
         if max_output_tokens is not None:
             max_tokens = max_output_tokens
         else:  # _max_tokens(body), with its common cases inlined
@@ -454,16 +452,17 @@ class DefaultAdmissionService:
             reserve = -(-(prompt * price._in + max_tokens * price._out + price._req) // price._den)
         else:  # (the checking call says what is wrong)
             reserve = price.cost_micros(prompt, max_tokens)
-        entry = self._plans.get(key.id)
-        if entry is None or entry.key is not key:
-            entry = self._plan(key)
         if self._authorizer is not None and entry.authorized_until < self._monotonic():
             await self._authorize(key, entry)
         request_id = next(_ids)  # new_request_id(); also names the reservation
         estimate = prompt + max_tokens
         gate = self._sync_gate
         if gate is not None:
-            decision = gate._acquire_plan_now(entry.plan, estimate, reserve, request_id)
+            acquire = entry.plan._acquire  # the plan compiled by this gate (see _compile_acquire)
+            if acquire is not None:
+                decision = acquire(estimate, reserve, request_id)
+            else:
+                decision = gate._acquire_plan_now(entry.plan, estimate, reserve, request_id)
         elif self._plan_gate is not None:
             decision = await self._plan_gate.acquire_plan(
                 entry.plan, estimate, reserve, reservation_id=request_id
@@ -474,6 +473,26 @@ class DefaultAdmissionService:
         if refusal is not None:
             raise refusal
         return Admission(request_id, key, model, max_tokens, prompt, reserve, decision, self._monotonic())
+
+    async def _price_for(self, key: ApiKey, entry: _KeyPlan, model: str) -> ModelPrice:
+        """Check *model* for *key* (name, allow-list, catalog, price); remember a static price."""
+        if model.__class__ is not str or model not in self._models:
+            self._check_model(model)
+        allowed = key.allowed_models  # ApiKey.allows_model, inlined: empty allows every model
+        if allowed and model not in allowed:
+            raise ForbiddenError("admission.model_not_allowed", model=model)
+        if self._catalog is not None:
+            await self._catalog.require_available(model)
+        prices = self._static_prices
+        price = self._pricing.price(model) if prices is None else prices.get(model)
+        if price is None:
+            raise NotFoundError("admission.unknown_model", model=model)
+        if prices is not None and self._catalog is None and model.__class__ is str:
+            # nothing about this answer can change while the key object stays the same
+            if len(entry.prices) >= _MAX_CACHED_NAMES:
+                entry.prices.clear()
+            entry.prices[model] = price
+        return price
 
     async def _authorize(self, key: ApiKey, entry: _KeyPlan) -> None:
         assert self._authorizer is not None

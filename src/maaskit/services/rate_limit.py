@@ -440,6 +440,7 @@ class AdmissionPlan:
     """
 
     __slots__ = (
+        "_acquire",
         "_admitter",
         "_binding",
         "_bound_store",
@@ -484,6 +485,8 @@ class AdmissionPlan:
         # that store's compiled admit/settle for this plan (MemoryLimitsStore.compile_bound)
         self._admitter: Callable[[int, str, int], tuple[int, list[int], tuple[int, ...]] | None] | None = None
         self._settler: Callable[[str | None, int, int | None, int | None], SettleOutcome | None] | None = None
+        # acquire_plan_now of that gate for this plan, as one closure (DefaultLimitsGate._compile)
+        self._acquire: Callable[[int, int, str], GateDecision] | None = None
         # the ops with the estimate filled in at these positions
         self._template = [(key, cost or 0, units, period) for key, cost, units, period in self._op_parts]
         self._token_positions = tuple(
@@ -1050,6 +1053,44 @@ class DefaultLimitsGate:
             reservation_id = rid  # refused (or a taken id): the general path says why
         return self._acquire_general(plan, est, amount, lines, reservation_id)
 
+    def _compile_acquire(
+        self, plan: AdmissionPlan, lines: tuple[BudgetLine, ...]
+    ) -> Callable[[int, int, str], GateDecision]:
+        """``acquire(estimate, reserve_micros, reservation_id)``: :meth:`acquire_plan_now` for one
+        compiled plan, with everything it looks up bound once (the admission hot path)."""
+        store = self._store
+        admitter = plan._admitter
+        assert admitter is not None
+        checks = plan._checks
+        has_budget = bool(lines)
+        new = _new_decision
+        slow = self._acquire_plan_now
+        general = self._acquire_general
+
+        def acquire(est: int, amount: int, rid: str) -> GateDecision:
+            if (
+                est.__class__ is not int
+                or not 0 <= est <= _MAX_COST
+                or amount.__class__ is not int
+                or not 0 <= amount <= MAX_BUDGET_MICROS
+                or plan._bound_store is not store
+            ):
+                return slow(plan, est, amount, rid)  # (says what is wrong, or binds again)
+            admitted = admitter(est, rid, amount)
+            if admitted is None:
+                return general(plan, est, amount, lines, rid)  # refused: the general path says why
+            decision = new(GateDecision)
+            decision._allowed = True
+            decision._rates = None
+            decision._available = admitted[2]
+            decision._ticket = None
+            decision._refusal = None
+            decision._source = (checks, est, admitted[1], admitted[0])
+            decision._plan_ticket = (rid if has_budget else None, amount, plan, est)
+            return decision
+
+        return acquire
+
     def _acquire_general(
         self,
         plan: AdmissionPlan,
@@ -1098,6 +1139,7 @@ class DefaultLimitsGate:
         binding = (self._store, rates, budgets, counters)
         if self._compile_bound is not None:
             plan._admitter, plan._settler = self._compile_bound(rates, budgets, counters)
+            plan._acquire = self._compile_acquire(plan, lines)
         plan._binding = binding
         plan._bound_store = self._store
         return binding
