@@ -1027,21 +1027,9 @@ class DefaultLimitsGate:
             # The common case: at most one budget, which never resets, on the store's live state:
             # no look-ups, nothing built unless everything passes.
             rid = new_reservation_id() if reservation_id is None else reservation_id
-            admitter = plan._admitter
-            if admitter is not None:
-                admitted = admitter(est, rid, amount)
-                if admitted is not None:  # GateDecision._admitted_plan, inlined
-                    decision = _new_decision(GateDecision)
-                    decision._allowed = True
-                    decision._rates = None
-                    decision._available = admitted[2]
-                    decision._ticket = None
-                    decision._refusal = None
-                    decision._source = (plan._checks, est, admitted[1], admitted[0])
-                    # without a budget nothing was reserved: the ticket names no reservation
-                    decision._plan_ticket = (rid if lines else None, amount, plan, est)
-                    return decision
-                return self._acquire_general(plan, est, amount, lines, rid)
+            acquire = plan._acquire
+            if acquire is not None:  # compiled when the plan was bound (see _compile_acquire)
+                return acquire(est, amount, rid)
             _store, rates, budgets, counters = binding
             done = self._admit_bound(rates, est, rid, amount, budgets, counters)  # type: ignore[misc]
             if done is not None:
@@ -1140,6 +1128,8 @@ class DefaultLimitsGate:
         if self._compile_bound is not None:
             plan._admitter, plan._settler = self._compile_bound(rates, budgets, counters)
             plan._acquire = self._compile_acquire(plan, lines)
+        else:  # (closures compiled for another store must not outlive their binding)
+            plan._admitter = plan._settler = plan._acquire = None
         plan._binding = binding
         plan._bound_store = self._store
         return binding

@@ -278,13 +278,10 @@ class MemoryLimitsStore:
             counters: the same counters as a list (kept by each reservation).
         """
         now_ms = self._time
-        reservations = self._reservations
-        settled = self._settled
-        keep = self._keep_settled
+        settle_reservation = self._settle_reservation
         token_states = tuple(
             (state, limit, period, 2 * limit * period) for state, cost, limit, period in rates if cost is None
         )
-        committed_status, released_status = SettlementStatus.COMMITTED, SettlementStatus.RELEASED
         admit = self._compile_admit(rates, budgets, counters)
 
         def settle(
@@ -293,29 +290,9 @@ class MemoryLimitsStore:
             if reservation_id is None:  # no budget: only the token corrections
                 adjust(estimate, actual_tokens)
                 return None
-            res = reservations.get(reservation_id)
-            if res is None:
-                raise NotFoundError("budget.reservation_not_found", reservation_id=reservation_id)
-            first = res[2]
-            if first is not None:
-                return SettleOutcome(first[0], first[1], first[2], first[3], True)
-            amount = res[0]
-            if actual_micros is None:
-                committed = overage = 0
-                status = released_status
-            else:
-                committed = actual_micros if actual_micros < amount else amount
-                overage = actual_micros - committed
-                status = committed_status
-            for counter in res[1]:
-                counter[1] -= amount
-                counter[0] += committed
-                counter[2] += overage
-            outcome = SettleOutcome(reservation_id, status, committed, overage, False)
-            res[2] = outcome
-            settled.append(reservation_id)
-            if len(settled) > keep:
-                reservations.pop(settled.popleft(), None)
+            outcome = settle_reservation(reservation_id, actual_micros)
+            if outcome.already_settled:
+                return outcome
             adjust(estimate, actual_tokens)
             return outcome
 
@@ -449,29 +426,9 @@ class MemoryLimitsStore:
         """The synchronous body of :meth:`settle_admission` (adjustments may be plain tuples)."""
         outcome: SettleOutcome | None = None
         if reservation_id is not None:
-            res = self._reservations.get(reservation_id)
-            if res is None:
-                raise NotFoundError("budget.reservation_not_found", reservation_id=reservation_id)
-            first = res[2]
-            if first is not None:
-                return SettleOutcome(first[0], first[1], first[2], first[3], True)
-            amount = res[0]
-            if actual_micros is None:
-                committed, overage, status = 0, 0, SettlementStatus.RELEASED
-            else:
-                committed = actual_micros if actual_micros < amount else amount
-                overage = actual_micros - committed
-                status = SettlementStatus.COMMITTED
-            for counter in res[1]:
-                counter[1] -= amount
-                counter[0] += committed
-                counter[2] += overage
-            outcome = SettleOutcome(reservation_id, status, committed, overage, False)
-            res[2] = outcome
-            settled = self._settled
-            settled.append(reservation_id)
-            if len(settled) > self._keep_settled:
-                self._reservations.pop(settled.popleft(), None)
+            outcome = self._settle_reservation(reservation_id, actual_micros)
+            if outcome.already_settled:
+                return outcome
         if adjustments:
             now = int(self._time() * 1000 + 0.001)
             table = self._rates
@@ -483,6 +440,33 @@ class MemoryLimitsStore:
                     level, ts = gcra_drain(state[0], state[1], now, limit)
                     state[0] = gcra_adjust(level, delta, limit, period_ms)
                     state[1] = ts
+        return outcome
+
+    def _settle_reservation(self, reservation_id: str, actual_micros: int | None) -> SettleOutcome:
+        """Commit (or with ``None`` release) a reservation once; a repeat returns the first outcome."""
+        res = self._reservations.get(reservation_id)
+        if res is None:
+            raise NotFoundError("budget.reservation_not_found", reservation_id=reservation_id)
+        first = res[2]
+        if first is not None:
+            return SettleOutcome(first[0], first[1], first[2], first[3], True)
+        amount = res[0]
+        if actual_micros is None:
+            committed, overage, status = 0, 0, SettlementStatus.RELEASED
+        else:
+            committed = actual_micros if actual_micros < amount else amount
+            overage = actual_micros - committed
+            status = SettlementStatus.COMMITTED
+        for counter in res[1]:
+            counter[1] -= amount
+            counter[0] += committed
+            counter[2] += overage
+        outcome = SettleOutcome(reservation_id, status, committed, overage, False)
+        res[2] = outcome
+        settled = self._settled
+        settled.append(reservation_id)
+        if len(settled) > self._keep_settled:
+            self._reservations.pop(settled.popleft(), None)
         return outcome
 
     async def balance(self, account: str, period_start: int) -> LedgerBalance:
