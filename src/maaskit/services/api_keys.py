@@ -591,14 +591,17 @@ class DefaultApiKeyService:
             UnauthenticatedError: ``api_key.malformed`` (before any cache access).
         """
         # Inlined is_well_formed_key (the length first: a megabyte of input costs nothing).
-        if type(secret) is not str or len(secret) != KEY_LENGTH or not secret.isascii():
+        if secret.__class__ is not str or len(secret) != KEY_LENGTH:
             raise _malformed()
-        raw = secret.encode("ascii")
+        try:
+            raw = secret.encode("ascii")
+        except UnicodeEncodeError:
+            raise _malformed() from None
         # bytes.isalnum() is exactly [0-9A-Za-z], the base62 alphabet
-        if not raw[3:].isalnum() or not raw.startswith(_PREFIX_BYTES):
+        if not raw[3:].isalnum() or raw[:3] != _PREFIX_BYTES:
             raise _malformed()
-        n = _crc32(raw[3:_BODY_END])  # _b62_crc, inlined
-        if _PAIRS[n // 14776336] + _PAIRS[n // 3844 % 3844] + _PAIRS[n % 3844] != secret[_BODY_END:]:
+        n = _crc32(raw[3:_BODY_END])  # _b62_crc, inlined: the last six characters
+        if not secret.endswith(_PAIRS[n // 14776336] + _PAIRS[n // 3844 % 3844] + _PAIRS[n % 3844]):
             raise _malformed()
         mac = self._cache_mac.copy()
         mac.update(raw)

@@ -107,26 +107,20 @@ class CharTokenEstimator:
     def prompt_tokens(self, body: Mapping[str, Any]) -> int:
         """Tokens of *body*'s input: chat ``messages``, or ``input`` / ``prompt`` text."""
         messages = body.get("messages")
-        if isinstance(messages, list):
+        if messages.__class__ is list:
+            # the common case: every message is exactly {"role": ..., "content": "text"}
             chars = 0
-            count = 0
             for message in messages:
-                if message.__class__ is not dict and not isinstance(message, Mapping):
-                    continue
-                count += 1
-                content = message.get("content")
-                # the common case (plain string content, no name, no tool calls) stays cheap
-                chars += len(content) if content.__class__ is str else len(text_of_content(content))
-                if len(message) != 2 or "content" not in message or "role" not in message:
-                    # anything beyond role and content may carry a name or tool calls
-                    name = message.get("name")
-                    if name is not None and isinstance(name, str):
-                        chars += len(name)
-                    tool_calls = message.get("tool_calls")
-                    if tool_calls is not None:
-                        chars += _tool_call_chars(tool_calls)
+                if message.__class__ is dict and len(message) == 2:
+                    content = message.get("content")
+                    if content.__class__ is str and "role" in message:
+                        chars += len(content)
+                        continue
+                return self._messages_tokens(messages)
             tokens = -(-chars // self.chars_per_token) if chars > 0 else 0
-            return tokens + count * self.per_message + self.per_request
+            return tokens + len(messages) * self.per_message + self.per_request
+        if isinstance(messages, list):
+            return self._messages_tokens(messages)
         for key in ("input", "prompt"):
             value = body.get(key)
             if isinstance(value, str):
@@ -134,3 +128,24 @@ class CharTokenEstimator:
             if isinstance(value, list):
                 return sum(self.count_text(item) for item in value if isinstance(item, str))
         return 0
+
+    def _messages_tokens(self, messages: list[Any]) -> int:
+        """Tokens of chat *messages* of any shape (names, tool calls, content parts)."""
+        chars = 0
+        count = 0
+        for message in messages:
+            if message.__class__ is not dict and not isinstance(message, Mapping):
+                continue
+            count += 1
+            content = message.get("content")
+            chars += len(content) if content.__class__ is str else len(text_of_content(content))
+            if len(message) != 2 or "content" not in message or "role" not in message:
+                # anything beyond role and content may carry a name or tool calls
+                name = message.get("name")
+                if name is not None and isinstance(name, str):
+                    chars += len(name)
+                tool_calls = message.get("tool_calls")
+                if tool_calls is not None:
+                    chars += _tool_call_chars(tool_calls)
+        tokens = -(-chars // self.chars_per_token) if chars > 0 else 0
+        return tokens + count * self.per_message + self.per_request
