@@ -23,6 +23,10 @@ times faster while staying immutable and typed.
 
 Budget periods are identified by their start as integer epoch seconds (``0`` for a budget that
 never resets); computing the calendar is the service's job.
+
+* :class:`StaleReservationSweeper` - a ledger that can release reservations nobody settled
+  (their replica crashed between reserve and settle). Shared backends (SQL, Redis) implement
+  it; an in-process store dies with its process and does not need it.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ __all__ = [
     "ReserveRequest",
     "SettleOutcome",
     "SettlementStatus",
+    "StaleReservationSweeper",
     "gcra_adjust",
     "gcra_drain",
 ]
@@ -59,6 +64,9 @@ class SettlementStatus(StrEnum):
 
     COMMITTED = "committed"
     RELEASED = "released"
+    #: Released by :meth:`StaleReservationSweeper.release_stale`: never settled in time (its
+    #: process probably crashed); nothing was committed.
+    EXPIRED = "expired"
 
 
 class RateOp(NamedTuple):
@@ -195,6 +203,9 @@ class LedgerStore(Protocol):
     * :meth:`settle` settles a reservation exactly once: ``reserved -= amount`` and, when
       committing, ``committed += min(actual, amount)`` and ``overage += max(0, actual - amount)``.
       A second call changes nothing and returns the first outcome with ``already_settled``.
+
+    Shared backends also implement :class:`StaleReservationSweeper` (a separate Protocol, so an
+    in-process store that cannot outlive its reservations need not).
     """
 
     async def reserve(self, request: ReserveRequest) -> ReserveOutcome:
@@ -215,6 +226,38 @@ class LedgerStore(Protocol):
 
     async def balance(self, account: str, period_start: int) -> LedgerBalance:
         """The counters of *account* in the period starting at *period_start* (zeros if none)."""
+        ...
+
+
+@runtime_checkable
+class StaleReservationSweeper(Protocol):
+    """A ledger that can release open reservations nobody settled in time.
+
+    A replica that crashes between reserve and settle leaves its reservation open, and its amount
+    would stay ``reserved`` (blocking that budget) forever. The SQL and Redis ledgers implement
+    this Protocol; :class:`~maaskit.services.budget.ReservationSweeper` calls it periodically.
+
+    Contract (``tests/contract/test_limits_contract.py``):
+
+    * only reservations still **open** and created strictly before the cutoff are released, at
+      most *limit* of them (oldest first);
+    * each one atomically: ``reserved -= amount`` on every budget line it holds, and its status
+      becomes :attr:`SettlementStatus.EXPIRED` (nothing committed);
+    * it never races a concurrent :meth:`LedgerStore.settle` (or another sweep) into releasing
+      twice: whichever comes first settles, a later settle returns the ``expired`` outcome with
+      ``already_settled`` and changes nothing.
+    """
+
+    async def release_stale(self, created_before_ms: int, *, limit: int = 1000) -> int:
+        """Release at most *limit* open reservations created before *created_before_ms*.
+
+        Args:
+            created_before_ms: the cutoff, epoch milliseconds (exclusive).
+            limit: the most reservations released by this call (> 0).
+
+        Returns:
+            How many reservations this call released (``limit`` means there may be more).
+        """
         ...
 
 

@@ -1,23 +1,28 @@
 """Rate limits, budgets and admissions in Redis (:class:`~maaskit.storage.ports.limits.LimitsStore`).
 
 Shared by every replica and atomic: each operation is one Lua script (``lua/limits_admit.lua``,
-``lua/limits_settle.lua``) run with ``EVALSHA`` through redis-py's ``register_script``, so an
-admission (any number of rate limits plus a budget reservation) costs exactly **one** round
-trip and a settlement at most one. Call :meth:`RedisLimitsStore.load_scripts` at start-up so
-the first request does not pay the ``SCRIPT LOAD`` fallback.
+``lua/limits_settle.lua``, ``lua/limits_sweep.lua``) run with ``EVALSHA`` through redis-py's
+``register_script``, so an admission (any number of rate limits plus a budget reservation)
+costs exactly **one** round trip and a settlement at most one. Call
+:meth:`RedisLimitsStore.load_scripts` at start-up so the first request does not pay the
+``SCRIPT LOAD`` fallback.
 
 Keys (all under *prefix*): ``rl:<kind>:<subject>`` (hash ``l``/``t``: GCRA level and time,
 expiring once drained), ``bud:<account>:<period_start>`` (hash ``c``/``r``/``v``: committed,
-reserved and overage micro-dollars, expiring *period_retention* seconds after the period ends)
-and ``res:<id>`` (one reservation: status, amount, its budget keys; kept *reservation_ttl*
-seconds while open and *settled_ttl* seconds after settling, for idempotent settles).
+reserved and overage micro-dollars, expiring *period_retention* seconds after the period ends),
+``res:<id>`` (one reservation: status, amount, its budget keys; kept *reservation_ttl*
+seconds while open and *settled_ttl* seconds after settling, for idempotent settles) and
+``resq`` (a sorted set of the open reservations' keys scored by their creation time in ms:
+admit adds, settle removes, :meth:`RedisLimitsStore.release_stale` expires the old ones a
+crashed replica never settled).
 
 Time: by default the scripts use the Redis server's ``TIME``, so replicas with skewed clocks
 agree on rate limits; pass a *clock* to use it instead (tests use a ``FakeClock``). Budget
 periods are decided by the service's clock.
 
-Limitation: the settle script reaches the budget keys named in the reservation hash, which
-are not declared in ``KEYS``: fine on a single Redis server or Sentinel, not on Redis Cluster.
+Limitation: the settle and sweep scripts reach the budget keys named in the reservation hash
+(the sweep also the reservation keys in its index), which are not declared in ``KEYS``: fine
+on a single Redis server or Sentinel, not on Redis Cluster.
 
 Example::
 
@@ -56,7 +61,11 @@ from maaskit.storage.ports.limits import (
 __all__ = ["RedisLimitsStore"]
 
 _UNAVAILABLE: Final = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError, asyncio.TimeoutError)
-_STATUS: Final = {b"c": SettlementStatus.COMMITTED, b"r": SettlementStatus.RELEASED}
+_STATUS: Final = {
+    b"c": SettlementStatus.COMMITTED,
+    b"r": SettlementStatus.RELEASED,
+    b"e": SettlementStatus.EXPIRED,
+}
 
 
 def _script(name: str) -> str:
@@ -70,8 +79,9 @@ class RedisLimitsStore:
         client: a ``redis.asyncio.Redis`` with ``decode_responses=False``.
         prefix: prepended to every key (e.g. ``"maaskit:"``).
         clock: time source for rate limits; ``None`` (default) uses the Redis server's clock.
-        reservation_ttl: seconds an open reservation is kept (an unsettled one then disappears,
-            but its amount stays reserved in its period; settle every reservation).
+        reservation_ttl: seconds an open reservation is kept. Keep it well above the timeout
+            after which :meth:`release_stale` expires unsettled ones: once the hash is gone its
+            amount can no longer be given back and stays reserved in its period.
         settled_ttl: seconds a settled reservation is remembered for idempotent settles.
         period_retention: seconds a period's counters are kept after the period ended.
     """
@@ -85,6 +95,7 @@ class RedisLimitsStore:
         "_reservation_ttl",
         "_settle",
         "_settled_ttl",
+        "_sweep",
     )
 
     def __init__(
@@ -105,14 +116,15 @@ class RedisLimitsStore:
         self._period_retention = period_retention
         self._admit = client.register_script(_script("limits_admit.lua"))
         self._settle = client.register_script(_script("limits_settle.lua"))
+        self._sweep = client.register_script(_script("limits_sweep.lua"))
 
     def __repr__(self) -> str:
         return f"RedisLimitsStore(prefix={self._prefix!r})"
 
     async def load_scripts(self) -> None:
-        """``SCRIPT LOAD`` both scripts (idempotent), so requests only ever send ``EVALSHA``."""
+        """``SCRIPT LOAD`` every script (idempotent), so requests only ever send ``EVALSHA``."""
         try:
-            for script in (self._admit, self._settle):
+            for script in (self._admit, self._settle, self._sweep):
                 await self._client.script_load(script.script)
         except _UNAVAILABLE as exc:
             raise UnavailableError("redis.unavailable") from exc
@@ -150,6 +162,7 @@ class RedisLimitsStore:
                     ttl = max(1, int(line.period_end + self._period_retention - now_s))
                 args += (line.limit_micros, ttl)
             keys.append(f"{prefix}res:{reserve.reservation_id}")
+            keys.append(f"{prefix}resq")
         out = await self._run(self._admit, keys, args)
         if out[0] == -409:
             assert reserve is not None
@@ -203,6 +216,7 @@ class RedisLimitsStore:
             args += (0, "r", 0, 0)
         else:
             keys.append(f"{prefix}res:{reservation_id}")
+            keys.append(f"{prefix}resq")
             mode = "r" if actual_micros is None else "c"
             args += (1, mode, actual_micros or 0, self._settled_ttl)
         out = await self._run(self._settle, keys, args)
@@ -211,6 +225,22 @@ class RedisLimitsStore:
         if out[0] == 0 or reservation_id is None:
             return None
         return SettleOutcome(reservation_id, _STATUS[bytes(out[1])], int(out[2]), int(out[3]), out[4] == 1)
+
+    async def release_stale(self, created_before_ms: int, *, limit: int = 1000) -> int:
+        """Expire at most *limit* open reservations created before the cutoff (epoch ms).
+
+        Implements :class:`~maaskit.storage.ports.limits.StaleReservationSweeper` in one
+        ``EVALSHA`` (``lua/limits_sweep.lua``), atomic against settles and other sweeps. The
+        creation time is the admit script's clock (the *clock* given here, else the Redis
+        server's). Index entries whose reservation is already settled or gone are dropped
+        without counting, so a batch can come back short while older entries remain.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError("limit must be a positive integer")
+        out = await self._run(
+            self._sweep, [f"{self._prefix}resq"], [int(created_before_ms), limit, self._settled_ttl]
+        )
+        return int(out[0])
 
     async def balance(self, account: str, period_start: int) -> LedgerBalance:
         """The counters of one budget period (zeros when it has none)."""

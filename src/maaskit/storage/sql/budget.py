@@ -10,7 +10,10 @@ Atomicity: a reservation is one transaction that makes sure each period row exis
 per line (lines in a fixed order, so two multi-line reservations cannot deadlock). PostgreSQL
 re-checks the ``WHERE`` clause on the newest row version after waiting for a row lock, so
 concurrent reservations can never overshoot. Settling locks the reservation rows
-(``SELECT ... FOR UPDATE`` on PostgreSQL) and flips them from ``open`` exactly once.
+(``SELECT ... FOR UPDATE`` on PostgreSQL, in account order) and flips them from ``open``
+exactly once. :meth:`SqlLedgerStore.release_stale` expires reservations nobody settled (a
+crashed replica's) the same way, one transaction per reservation, so a concurrent settle and
+sweep of one reservation settle it exactly once.
 SQLite serialises writers; within one process this store also serialises its own
 transactions with an ``asyncio.Lock``, because an in-memory SQLite database shares one
 connection between sessions.
@@ -30,7 +33,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -60,6 +63,10 @@ class _Refused(Exception):
     def __init__(self, balances: tuple[LedgerBalance, ...]) -> None:
         super().__init__("refused")
         self.balances = balances
+
+
+class _Raced(Exception):
+    """A reservation changed under a sweep: the transaction is rolled back."""
 
 
 def _ts(epoch: int) -> datetime:
@@ -184,6 +191,8 @@ class SqlLedgerStore:
                 _reservations.c.committed_micros,
                 _reservations.c.overage_micros,
             ).where(_reservations.c.reservation_id == reservation_id)
+            # rows locked in account order, as release_stale does: the two never deadlock
+            query = query.order_by(_reservations.c.account)
             if self._db.dialect == "postgresql":
                 query = query.with_for_update()
             rows = (await conn.execute(query)).all()
@@ -234,6 +243,81 @@ class SqlLedgerStore:
                 return (await self._balances(conn, [(account, _ts(period_start))]))[0]
         except (OSError, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
             raise UnavailableError("database.unavailable") from exc
+
+    async def release_stale(self, created_before_ms: int, *, limit: int = 1000) -> int:
+        """Expire at most *limit* open reservations created before the cutoff (epoch ms).
+
+        Implements :class:`~maaskit.storage.ports.limits.StaleReservationSweeper`: the oldest
+        candidates are listed first, then each is expired in its own transaction (rows locked
+        in account order on PostgreSQL, a conditional ``UPDATE ... WHERE status = 'open'``
+        everywhere), so a settle or another replica's sweep that got there first wins and
+        nothing is ever given back twice. Returns how many this call expired.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError("limit must be a positive integer")
+        seconds, millis = divmod(int(created_before_ms), 1000)
+        cutoff = datetime.fromtimestamp(seconds, UTC) + timedelta(milliseconds=millis)
+        async with self._transaction() as conn:
+            candidates = (
+                await conn.execute(
+                    sa.select(_reservations.c.reservation_id)
+                    .where(_reservations.c.status == _OPEN, _reservations.c.created_at < cutoff)
+                    .group_by(_reservations.c.reservation_id)
+                    .order_by(sa.func.min(_reservations.c.created_at), _reservations.c.reservation_id)
+                    .limit(limit)
+                )
+            ).all()
+        released = 0
+        for (reservation_id,) in candidates:
+            if await self._expire(str(reservation_id), cutoff):
+                released += 1
+        return released
+
+    async def _expire(self, reservation_id: str, cutoff: datetime) -> bool:
+        """Expire one open reservation created before *cutoff*; ``False`` if it is no longer open."""
+        now = self._clock.now()
+        try:
+            async with self._transaction() as conn:
+                query = (
+                    sa.select(
+                        _reservations.c.account, _reservations.c.period_start, _reservations.c.amount_micros
+                    )
+                    .where(
+                        _reservations.c.reservation_id == reservation_id,
+                        _reservations.c.status == _OPEN,
+                        _reservations.c.created_at < cutoff,
+                    )
+                    .order_by(_reservations.c.account)
+                )
+                if self._db.dialect == "postgresql":
+                    query = query.with_for_update()
+                rows = (await conn.execute(query)).all()
+                if not rows:
+                    return False  # settled (or expired by another replica) since it was listed
+                result = await conn.execute(
+                    sa.update(_reservations)
+                    .where(_reservations.c.reservation_id == reservation_id, _reservations.c.status == _OPEN)
+                    .values(
+                        status=SettlementStatus.EXPIRED.value,
+                        committed_micros=0,
+                        overage_micros=0,
+                        settled_at=now,
+                    )
+                )
+                if result.rowcount != len(rows):
+                    raise _Raced  # pragma: no cover - prevented by the row lock / SQLite's writer lock
+                for row in rows:
+                    await conn.execute(
+                        sa.update(_periods)
+                        .where(_periods.c.account == row.account, _periods.c.period_start == row.period_start)
+                        .values(
+                            reserved_micros=_periods.c.reserved_micros - int(row.amount_micros),
+                            updated_at=now,
+                        )
+                    )
+        except _Raced:  # pragma: no cover - rolled back, nothing released
+            return False
+        return True
 
     async def delete_settled(self, before: datetime) -> int:
         """Delete reservations settled before *before* (their idempotency record); returns the count."""

@@ -19,6 +19,7 @@ from maaskit.storage.ports.limits import (
     ReserveOutcome,
     ReserveRequest,
     SettleOutcome,
+    StaleReservationSweeper,
 )
 
 __all__ = ["SqlBackedLimitsStore"]
@@ -89,3 +90,9 @@ class SqlBackedLimitsStore:
     async def balance(self, account: str, period_start: int) -> LedgerBalance:
         """See :meth:`LedgerStore.balance`."""
         return await self._ledger.balance(account, period_start)
+
+    async def release_stale(self, created_before_ms: int, *, limit: int = 1000) -> int:
+        """See :meth:`StaleReservationSweeper.release_stale`; 0 when the ledger cannot sweep."""
+        if not isinstance(self._ledger, StaleReservationSweeper):
+            return 0
+        return await self._ledger.release_stale(created_before_ms, limit=limit)

@@ -1,5 +1,6 @@
 -- maaskit: one admission = GCRA rate checks + budget reservation, all or nothing, one round trip.
--- KEYS: nr rate keys, then nb budget keys, then the reservation key (when nb > 0).
+-- KEYS: nr rate keys, then nb budget keys, then the reservation key and the open-reservation
+--       index (a sorted set: reservation key scored by its creation time in ms) (when nb > 0).
 -- ARGV: now_ms (-1: use the server's TIME), nr, {cost, limit, period_ms} * nr,
 --       nb, amount, reservation_ttl_s, {limit_micros, ttl_s (0: never expires)} * nb
 -- Returns {ok, now_ms, {allowed, level} * nr, {committed, reserved, overage} * nb}
@@ -83,5 +84,6 @@ if nb > 0 then
   end
   redis.call('HSET', res_key, unpack(fields))
   redis.call('EXPIRE', res_key, res_ttl)
+  redis.call('ZADD', KEYS[nr + nb + 2], now, res_key)
 end
 return out

@@ -1,5 +1,5 @@
 -- maaskit: settle one admission = rate corrections + reservation commit/release, one round trip.
--- KEYS: na rate keys, then the reservation key (when has_res == 1).
+-- KEYS: na rate keys, then the reservation key and the open-reservation index (when has_res == 1).
 -- ARGV: now_ms (-1: server TIME), na, {delta, limit, period_ms} * na,
 --       has_res, mode ('c' commit | 'r' release), actual_micros, settled_ttl_s
 -- Returns {0} (no reservation), {1, mode, committed, overage, already (0|1)} or {-404}.
@@ -12,7 +12,10 @@ local result = {0}
 if has_res == 1 then
   local res_key = KEYS[na + 1]
   local st = redis.call('HMGET', res_key, 's', 'a', 'n', 'c', 'v')
-  if not st[1] then return {-404} end
+  if not st[1] then
+    redis.call('ZREM', KEYS[na + 2], res_key)
+    return {-404}
+  end
   if st[1] ~= 'o' then
     return {1, st[1], tonumber(st[4]), tonumber(st[5]), 1}
   end
@@ -36,6 +39,7 @@ if has_res == 1 then
   end
   redis.call('HSET', res_key, 's', mode, 'c', committed_s, 'v', overage_s)
   redis.call('EXPIRE', res_key, tonumber(ARGV[a + 3]))
+  redis.call('ZREM', KEYS[na + 2], res_key)
   result = {1, mode, tonumber(committed_s), overage, 0}
 end
 if na > 0 then
