@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     #: USD per million tokens, as decimal strings: ``{"gpt-4o-mini": {"input": "0.15", "output": "0.60"}}``.
     model_prices: dict[str, dict[str, str]] = Field(default_factory=dict)
     limits_backend: Literal["auto", "memory", "sql", "redis"] = "auto"
+    #: Seconds after which an unsettled budget reservation (its replica crashed) is given back.
+    reservation_timeout: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
+    #: Seconds between two sweeps for such reservations (SQL and Redis limits backends).
+    reservation_sweep_interval: float = Field(default=60.0, gt=0, allow_inf_nan=False)
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     key_cache_ttl: float = Field(default=60.0, gt=0)
     key_rotation_grace: float = Field(default=86_400.0, ge=0)

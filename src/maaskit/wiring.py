@@ -7,6 +7,7 @@ SQL or Redis, depending on the settings. Services themselves only see Protocols.
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
@@ -23,6 +24,7 @@ from maaskit.services.aliases import AliasService
 from maaskit.services.api_keys import ApiKeyService, DefaultApiKeyService
 from maaskit.services.audit import AuditLog, DefaultAuditLog
 from maaskit.services.auth import Authenticator, DefaultAuthenticator
+from maaskit.services.budget import ReservationSweeper
 from maaskit.services.cache import CacheService
 from maaskit.services.catalog import ModelCatalog
 from maaskit.services.credentials import CredentialPool
@@ -195,10 +197,12 @@ def _memory_limits(clock: Clock) -> LimitsStore:
     return MemoryLimitsStore(clock)
 
 
-async def _redis_limits(redis: RedisClient) -> LimitsStore:
+async def _redis_limits(settings: Settings, redis: RedisClient) -> LimitsStore:
     from maaskit.storage.redis.limits import RedisLimitsStore
 
-    store = RedisLimitsStore(redis)  # type: ignore[arg-type]
+    # an open reservation's hash must outlive the sweep timeout, or its amount cannot be given back
+    ttl = max(7 * 86400, math.ceil(2 * settings.reservation_timeout + settings.reservation_sweep_interval))
+    store = RedisLimitsStore(redis, reservation_ttl=ttl)  # type: ignore[arg-type]
     await store.load_scripts()
     return store
 
@@ -209,6 +213,15 @@ def _sql_limits(database: Database, clock: Clock) -> LimitsStore:
     from maaskit.storage.sql.limits import SqlBackedLimitsStore
 
     return SqlBackedLimitsStore(MemoryLimitsStore(clock), SqlLedgerStore(database, clock))
+
+
+def _reservation_sweeper(settings: Settings, store: LimitsStore, clock: Clock) -> ReservationSweeper:
+    return ReservationSweeper(
+        store,
+        clock,
+        timeout=settings.reservation_timeout,
+        interval=settings.reservation_sweep_interval,
+    )
 
 
 def _gate(store: LimitsStore, clock: Clock) -> LimitsGate:
@@ -588,6 +601,8 @@ def wire_builtin_services(registry: Registry, settings: Settings) -> None:
         _redis_limits if backend == "redis" else _sql_limits if backend == "sql" else _memory_limits
     )
     registry.register_factory(LimitsStore, limits_factory)
+    if backend in ("sql", "redis"):  # an in-process store's reservations die with it: no sweep
+        registry.register_factory(ReservationSweeper, _reservation_sweeper)
     registry.register_factory(LimitsGate, _gate)
     registry.register_factory(UpstreamTransport, _transport)
     registry.register_value(Registry, registry)
@@ -633,11 +648,14 @@ def eager_services(settings: Settings) -> tuple[type[Any], ...]:
     """Services built when the app starts (after migrations), in this order.
 
     Services with background work (:class:`maaskit.app.BackgroundService`) are started then:
-    the usage flusher, the key-invalidation listener and, with LiteLLM configured, the scheduled
-    model sync. Building the admission path here (keys, pricing, limits) also checks its
+    the usage flusher, the key-invalidation listener, with a shared limits backend (SQL or
+    Redis) the sweeper of abandoned budget reservations and, with LiteLLM configured, the
+    scheduled model sync. Building the admission path here (keys, pricing, limits) also checks its
     configuration at start-up and lets the sync accessors (``app.admission``) work.
     """
     eager: tuple[type[Any], ...] = (SettingsService, UsageService, ApiKeyService, AdmissionService)
+    if settings.effective_limits_backend in ("sql", "redis"):
+        eager += (ReservationSweeper,)
     if settings.litellm_url and settings.litellm_master_key:
         eager += (IntegrationService,)
     if settings.credential_pool:

@@ -1,7 +1,9 @@
 """Stateful test of the budget ledger against a plain model: reserve/commit/release/time travel.
 
-Runs on the memory backend and on SQLite. Invariants after every step: committed spend never
-exceeds the limit in any period, and every period's counters equal the model's.
+Runs on the memory backend and on SQLite; on SQLite also sweeps abandoned reservations
+(``release_stale``: the oldest open ones first, at most ``limit``). Invariants after every step:
+committed spend never exceeds the limit in any period, and every period's counters equal the
+model's.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from typing import Any
 
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
 
 from maaskit.errors import QuotaExceededError
 from maaskit.services.budget import BudgetPeriod, DefaultBudgetLedger, PeriodKind, Reservation
 from maaskit.storage.memory.limits import MemoryLimitsStore
+from maaskit.storage.ports.limits import StaleReservationSweeper
 from maaskit.testing.clock import FakeClock
 
 LIMIT = 1_000
@@ -45,9 +48,14 @@ class LedgerMachine(RuleBasedStateMachine):
             self.run(self.db.migrate())
             store = SqlLedgerStore(self.db, self.clock)
         self.ledger = DefaultBudgetLedger(store, self.clock)
+        self.sweeper: StaleReservationSweeper | None = (
+            store if isinstance(store, StaleReservationSweeper) else None
+        )
         # (account, period_start) -> [committed, reserved]
         self.model: dict[tuple[str, datetime], list[int]] = {}
         self.settled: dict[str, tuple[str, int]] = {}
+        # open reservations: id -> (created at, epoch seconds; the reservation)
+        self.open: dict[str, tuple[float, Reservation]] = {}
 
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
@@ -73,6 +81,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert fits
         assert reservation.period_start == start
         counter[1] += amount
+        self.open[reservation.id] = (self.clock.time(), reservation)
         return reservation
 
     @rule(reservation=reservations, actual=st.integers(0, 900))
@@ -91,6 +100,7 @@ class LedgerMachine(RuleBasedStateMachine):
         counter[0] += committed
         counter[1] -= reservation.amount_micros
         self.settled[reservation.id] = ("committed", committed)
+        del self.open[reservation.id]
 
     @rule(reservation=reservations)
     def release(self, reservation: Reservation | None) -> None:
@@ -99,10 +109,28 @@ class LedgerMachine(RuleBasedStateMachine):
         outcome = self.run(self.ledger.release(reservation))
         if reservation.id in self.settled:
             assert outcome.already_settled
+            assert outcome.status.value == self.settled[reservation.id][0]
             return
         counter = self._counter(reservation.account, reservation.period_start)
         counter[1] -= reservation.amount_micros
         self.settled[reservation.id] = ("released", 0)
+        del self.open[reservation.id]
+
+    @precondition(lambda self: self.sweeper is not None)
+    @rule(later=st.integers(0, 6), age_hours=st.integers(0, 4), limit=st.integers(1, 3))
+    def sweep(self, later: int, age_hours: int, limit: int) -> None:
+        """*later* hours on, release what is older than *age_hours* (at most *limit*)."""
+        assert self.sweeper is not None
+        self.clock.advance(later * 3600)
+        cutoff = self.clock.time() - age_hours * 3600
+        stale = sorted((created, rid) for rid, (created, _) in self.open.items() if created < cutoff)
+        released = self.run(self.sweeper.release_stale(int(cutoff * 1000), limit=limit))
+        assert released == min(limit, len(stale))
+        for _, rid in stale[:released]:  # the oldest first
+            _, reservation = self.open.pop(rid)
+            counter = self._counter(reservation.account, reservation.period_start)
+            counter[1] -= reservation.amount_micros
+            self.settled[rid] = ("expired", 0)
 
     @rule(hours=st.integers(1, 24 * 20))
     def advance(self, hours: int) -> None:
@@ -130,4 +158,4 @@ class SqliteLedgerMachine(LedgerMachine):
 TestLedgerMemory = LedgerMachine.TestCase
 TestLedgerMemory.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
 TestLedgerSqlite = SqliteLedgerMachine.TestCase
-TestLedgerSqlite.settings = settings(max_examples=10, stateful_step_count=25, deadline=None)
+TestLedgerSqlite.settings = settings(max_examples=20, stateful_step_count=25, deadline=None)

@@ -14,6 +14,11 @@ because
 Settling is idempotent: a reservation is settled exactly once (commit or release); any later
 settle call changes nothing and returns the first result with ``already_settled=True``.
 
+A replica that crashes between reserve and settle leaves its reservation open. On the shared
+backends (SQL, Redis) :class:`ReservationSweeper` gives such reservations back after a timeout
+(status ``expired``, nothing committed); a later settle of one is a no-op that reports it as
+already settled.
+
 Budget periods (:class:`BudgetPeriod`) are calendar-correct: a time zone, a billing anchor
 (day of month, clamped to the month's length: the 31st means the last day in February), DST
 changes (a local day can be 23 or 25 hours long). A period's counters are keyed by its start,
@@ -34,9 +39,13 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import calendar
+import contextlib
 import itertools
+import math
 import os
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Final, Protocol, runtime_checkable
@@ -46,13 +55,14 @@ import attrs
 import structlog
 
 from maaskit.clock import Clock
-from maaskit.errors import QuotaExceededError, ValidationError
+from maaskit.errors import MaasError, QuotaExceededError, ValidationError
 from maaskit.storage.ports.limits import (
     BudgetLine,
     LedgerStore,
     ReserveRequest,
     SettlementStatus,
     SettleOutcome,
+    StaleReservationSweeper,
 )
 
 __all__ = [
@@ -64,6 +74,7 @@ __all__ = [
     "DefaultBudgetLedger",
     "PeriodKind",
     "Reservation",
+    "ReservationSweeper",
     "Settlement",
     "SettlementStatus",
     "new_reservation_id",
@@ -431,3 +442,134 @@ class DefaultBudgetLedger:
             _EPOCH + timedelta(seconds=start),
             _dt(end),
         )
+
+
+def _positive_seconds(value: object) -> bool:
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    )
+
+
+class ReservationSweeper:
+    """Gives back budget reservations nobody settled in time (a crashed replica's), periodically.
+
+    Every *interval* seconds it asks the store to release the open reservations created more than
+    *timeout* seconds ago (:class:`~maaskit.storage.ports.limits.StaleReservationSweeper`), batch
+    after batch while a batch comes back full, and logs how many it released. Each release is
+    atomic in the store and loses against a concurrent settle, so several replicas may sweep at
+    once. A store without ``release_stale`` (the in-process memory store: its reservations die
+    with it) is skipped: :meth:`start` then starts nothing.
+
+    Choose *timeout* above the longest a request can take (upstream timeout, retries, a long
+    stream): a request settling after its reservation expired is not charged (its settle reports
+    ``already_settled`` with status ``expired``).
+
+    Args:
+        store: the budget ledger store (SQL, Redis, or the SQL-backed limits store).
+        clock: the time source for the cutoff.
+        timeout: seconds after which an open reservation counts as abandoned (> 0).
+        interval: seconds between sweeps (> 0); the first sweep runs one interval after start.
+        batch_size: reservations released per store call (>= 1).
+        sleep: the coroutine function that waits between sweeps (inject one in tests).
+
+    Raises:
+        ValidationError: ``config.invalid`` for a non-positive timeout, interval or batch size.
+    """
+
+    __slots__ = ("_batch_size", "_clock", "_interval", "_sleep", "_store", "_task", "_timeout")
+
+    #: Batches one :meth:`sweep` releases at most; the rest waits for the next round.
+    max_batches: int = 100
+
+    def __init__(
+        self,
+        store: LedgerStore,
+        clock: Clock,
+        *,
+        timeout: float = 3600.0,
+        interval: float = 60.0,
+        batch_size: int = 1000,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if not _positive_seconds(timeout):
+            raise ValidationError("config.invalid", setting="reservation_timeout", reason=_CFG_TIMEOUT)
+        if not _positive_seconds(interval):
+            raise ValidationError(
+                "config.invalid", setting="reservation_sweep_interval", reason=_CFG_INTERVAL
+            )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValidationError("config.invalid", setting="reservation_sweep_batch", reason=_CFG_BATCH)
+        self._store = store
+        self._clock = clock
+        self._timeout = float(timeout)
+        self._interval = float(interval)
+        self._batch_size = batch_size
+        self._sleep = sleep
+        self._task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"ReservationSweeper({type(self._store).__name__}, timeout={self._timeout}, "
+            f"interval={self._interval})"
+        )
+
+    @property
+    def supported(self) -> bool:
+        """Whether the store can release stale reservations (else the sweeper does nothing)."""
+        return isinstance(self._store, StaleReservationSweeper)
+
+    @property
+    def running(self) -> bool:
+        """Whether the background loop runs."""
+        return self._task is not None and not self._task.done()
+
+    async def sweep(self) -> int:
+        """Release every reservation older than the timeout now; returns how many were released.
+
+        Errors of the store propagate (the background loop logs them and tries again later).
+        """
+        store = self._store
+        if not isinstance(store, StaleReservationSweeper):
+            return 0
+        cutoff_ms = int((self._clock.time() - self._timeout) * 1000)
+        total = 0
+        for _ in range(self.max_batches):
+            released = await store.release_stale(cutoff_ms, limit=self._batch_size)
+            total += released
+            if released < self._batch_size:
+                break
+        if total:
+            log.warning("budget.reservations_expired", released=total, timeout=self._timeout)
+        return total
+
+    async def start(self) -> None:
+        """Start the sweep loop (idempotent); nothing for a store that cannot sweep."""
+        if self.running:
+            return
+        if not self.supported:
+            log.debug("budget.sweeper_skipped", store=type(self._store).__name__)
+            return
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="maaskit-reservation-sweeper")
+
+    async def _loop(self) -> None:
+        while True:
+            await self._sleep(self._interval)
+            try:
+                await self.sweep()
+            except MaasError as exc:  # the store is unavailable: try again next round
+                log.warning("budget.sweep_failed", error=exc.code)
+            except Exception as exc:  # never let one bad round stop the sweeps
+                log.warning("budget.sweep_failed", error=type(exc).__name__)
+
+    async def aclose(self) -> None:
+        """Stop the loop (idempotent); a sweep in progress is cancelled (its transaction rolls back)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+_CFG_TIMEOUT = "MAASKIT_RESERVATION_TIMEOUT must be a positive number of seconds"
+_CFG_INTERVAL = "MAASKIT_RESERVATION_SWEEP_INTERVAL must be a positive number of seconds"
+_CFG_BATCH = "the reservation sweep batch size must be a positive integer"
