@@ -581,3 +581,43 @@ async def test_the_largest_limits_a_key_accepts_are_limits_admission_can_apply(e
         assert caught.value.code == "api_key.invalid_field"
         with pytest.raises(ValidationError):
             await env.key(**{field: _MAX_LIMIT + 1})
+
+
+class _GatedAuthorizer:
+    """Counts permission checks and holds each one until the gate opens."""
+
+    def __init__(self, allowed: bool = True) -> None:
+        self.checks = 0
+        self.allowed = allowed
+        self.gate = asyncio.Event()
+
+    async def principal_for_key(self, key: ApiKey) -> Any:
+        self.checks += 1
+        await self.gate.wait()
+        allowed = self.allowed
+        return type("P", (), {"allows": staticmethod(lambda permission: allowed)})()
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+async def test_concurrent_requests_of_a_key_share_one_permission_check(
+    clock: FakeClock, allowed: bool
+) -> None:
+    authorizer = _GatedAuthorizer(allowed)
+    env = make_env(clock, authorizer=authorizer, permission_ttl=5.0)
+    secret, _ = await env.key(budget_micros=10**9)
+    admits = [asyncio.ensure_future(env.service.admit(secret, MODEL, BODY)) for _ in range(10)]
+    await asyncio.sleep(0)
+    admits[0].cancel()  # a request that goes away does not cancel the others' check
+    await asyncio.sleep(0)
+    authorizer.gate.set()
+    results = await asyncio.gather(*admits[1:], return_exceptions=True)
+    assert authorizer.checks == 1
+    if allowed:
+        assert all(isinstance(r, Admission) for r in results)
+        await env.service.admit(secret, MODEL, BODY)  # within the TTL: no new check
+        assert authorizer.checks == 1
+        clock.advance(seconds=6)
+        await env.service.admit(secret, MODEL, BODY)
+        assert authorizer.checks == 2
+    else:
+        assert all(isinstance(r, ForbiddenError) and r.code == "rbac.forbidden" for r in results)

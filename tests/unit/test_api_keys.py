@@ -18,7 +18,7 @@ from maaskit.services.api_keys import (
     parse_key,
 )
 from maaskit.storage.memory.api_keys import MemoryApiKeyStore
-from maaskit.storage.ports.api_keys import ApiKeyStore
+from maaskit.storage.ports.api_keys import ApiKeyRecord, ApiKeyStore
 from maaskit.testing.clock import FakeClock
 
 PEPPER = b"p" * 32
@@ -323,3 +323,57 @@ async def test_update_limits_with_nothing_changes_nothing(keys: DefaultApiKeySer
 
 async def test_ping(keys: DefaultApiKeyService) -> None:
     await keys.ping()
+
+
+class _GatedStore(MemoryApiKeyStore):
+    """Counts digest look-ups and holds each one until the gate opens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lookups = 0
+        self.gate = asyncio.Event()
+
+    async def find_by_digest(self, digest: bytes) -> ApiKeyRecord | None:
+        self.lookups += 1
+        await self.gate.wait()
+        return await super().find_by_digest(digest)
+
+
+async def test_concurrent_misses_of_one_key_share_one_store_lookup(clock: FakeClock) -> None:
+    store = _GatedStore()
+    keys = DefaultApiKeyService(store, clock, pepper=PEPPER)
+    store.gate.set()
+    created = await keys.create("user_1", name="k")
+    keys.invalidate_cached()  # the next validations miss the cache
+    store.lookups = 0
+    store.gate.clear()
+    waiting = [asyncio.ensure_future(keys.validate(created.secret)) for _ in range(20)]
+    await asyncio.sleep(0)
+    waiting[0].cancel()  # a caller that leaves does not cancel the others' look-up
+    await asyncio.sleep(0)
+    store.gate.set()
+    results = await asyncio.gather(*waiting[1:])
+    assert store.lookups == 1
+    assert all(key == created.key for key in results)
+    assert waiting[0].cancelled()
+    assert keys._lookups == {}
+
+
+async def test_a_request_after_an_invalidation_never_joins_an_earlier_lookup(clock: FakeClock) -> None:
+    store = _GatedStore()
+    keys = DefaultApiKeyService(store, clock, pepper=PEPPER)
+    store.gate.set()
+    created = await keys.create("user_1", name="k")
+    keys.invalidate_cached()
+    store.lookups = 0
+    store.gate.clear()
+    before = asyncio.ensure_future(keys.validate(created.secret))
+    await asyncio.sleep(0)
+    await keys.revoke(created.key.id)  # invalidates: a new epoch
+    after = asyncio.ensure_future(keys.validate(created.secret))
+    await asyncio.sleep(0)
+    store.gate.set()
+    await asyncio.gather(before, after, return_exceptions=True)
+    assert store.lookups == 2  # the later request read the store itself
+    assert await _code(after) == "api_key.revoked"
+    assert keys.cached_keys == 0  # the earlier read was not cached

@@ -27,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -282,7 +283,7 @@ class AvailabilityCheck(Protocol):
 class _KeyPlan:
     """What admission derives from one ApiKey object (rebuilt when the key object changes)."""
 
-    __slots__ = ("authorized_until", "key", "plan", "prices", "usage_ok")
+    __slots__ = ("authorized_until", "authorizing", "key", "plan", "prices", "usage_ok")
 
     def __init__(self, key: ApiKey, plan: AdmissionPlan, usage_ok: bool) -> None:
         self.key = key
@@ -292,6 +293,8 @@ class _KeyPlan:
         self.prices: dict[str, ModelPrice] = {}
         # monotonic time until which the owner's ``models:use`` permission is known to hold
         self.authorized_until = -1.0
+        # the permission check under way (concurrent requests of the key share it)
+        self.authorizing: asyncio.Future[None] | None = None
 
 
 class DefaultAdmissionService:
@@ -495,6 +498,21 @@ class DefaultAdmissionService:
         return price
 
     async def _authorize(self, key: ApiKey, entry: _KeyPlan) -> None:
+        """Check the owner's ``models:use`` once for all concurrent requests of *key*."""
+        check = entry.authorizing
+        if check is None:
+            check = entry.authorizing = asyncio.ensure_future(self._check_permission(key, entry))
+
+            def forget(done: asyncio.Future[None]) -> None:
+                if entry.authorizing is done:
+                    entry.authorizing = None
+                if not done.cancelled():
+                    done.exception()  # retrieved, even when every caller went away
+
+            check.add_done_callback(forget)
+        await asyncio.shield(check)  # a caller that goes away does not cancel the others' check
+
+    async def _check_permission(self, key: ApiKey, entry: _KeyPlan) -> None:
         assert self._authorizer is not None
         principal = await self._authorizer.principal_for_key(key)
         if not principal.allows(USE_MODELS):

@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import enum
 import hashlib
@@ -465,6 +466,9 @@ class DefaultApiKeyService:
         self._cached_digests: dict[str, set[bytes]] = {}
         # Bumped by every invalidation; a store read only fills the cache if it is unchanged.
         self._epoch = 0
+        # store look-ups under way, by (cache digest, epoch): concurrent misses of one key share
+        # one (a cache expiry under load is one query, not one per waiting request)
+        self._lookups: dict[tuple[bytes, int], asyncio.Future[ApiKey]] = {}
         self._unsubscribe: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
@@ -579,7 +583,25 @@ class DefaultApiKeyService:
         raw = secret.encode("ascii")
         mac = self._cache_mac.copy()
         mac.update(raw)
-        return await self._validate_uncached(_hmac_digest(self._pepper, raw, "sha256"), mac.digest())
+        cache_key = mac.digest()
+        # Join a look-up of the same key started in the same epoch: one begun before an
+        # invalidation (revoke, disable, rotation) is never joined by a request that came after it.
+        lookup_id = (cache_key, self._epoch)
+        lookup = self._lookups.get(lookup_id)
+        if lookup is None:
+            lookup = asyncio.ensure_future(
+                self._validate_uncached(_hmac_digest(self._pepper, raw, "sha256"), cache_key)
+            )
+            self._lookups[lookup_id] = lookup
+
+            def forget(done: asyncio.Future[ApiKey]) -> None:
+                self._lookups.pop(lookup_id, None)
+                if not done.cancelled():
+                    done.exception()  # retrieved, even when every caller went away
+
+            lookup.add_done_callback(forget)
+        # shielded: a caller that goes away does not cancel the others' look-up
+        return await asyncio.shield(lookup)
 
     def validate_cached(self, secret: str) -> ApiKey | None:
         """The key for *secret* if this process's validation cache holds it, else ``None``.
