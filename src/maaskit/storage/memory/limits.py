@@ -278,7 +278,10 @@ class MemoryLimitsStore:
             counters: the same counters as a list (kept by each reservation).
         """
         now_ms = self._time
-        settle_reservation = self._settle_reservation
+        reservations = self._reservations
+        settled = self._settled
+        keep = self._keep_settled
+        commit, released = SettlementStatus.COMMITTED, SettlementStatus.RELEASED
         token_states = tuple(
             (state, limit, period, 2 * limit * period) for state, cost, limit, period in rates if cost is None
         )
@@ -290,9 +293,30 @@ class MemoryLimitsStore:
             if reservation_id is None:  # no budget: only the token corrections
                 adjust(estimate, actual_tokens)
                 return None
-            outcome = settle_reservation(reservation_id, actual_micros)
-            if outcome.already_settled:
-                return outcome
+            # _settle_reservation, inlined: this is the settle of every admitted request
+            res = reservations.get(reservation_id)
+            if res is None:
+                raise NotFoundError("budget.reservation_not_found", reservation_id=reservation_id)
+            first = res[2]
+            if first is not None:
+                return SettleOutcome(first[0], first[1], first[2], first[3], True)
+            amount = res[0]
+            if actual_micros is None:
+                committed = overage = 0
+                status = released
+            else:
+                committed = actual_micros if actual_micros < amount else amount
+                overage = actual_micros - committed
+                status = commit
+            for counter in res[1]:
+                counter[1] -= amount
+                counter[0] += committed
+                counter[2] += overage
+            outcome = SettleOutcome(reservation_id, status, committed, overage, False)
+            res[2] = outcome
+            settled.append(reservation_id)
+            if len(settled) > keep:
+                reservations.pop(settled.popleft(), None)
             adjust(estimate, actual_tokens)
             return outcome
 
