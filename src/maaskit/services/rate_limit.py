@@ -231,16 +231,20 @@ class RateLimitDecision:
         )
 
 
+def _window(limit: RateLimit, level: int) -> tuple[int, int]:
+    """``(remaining units, ms until the window is full again)`` of a GCRA bucket at *level*."""
+    period_ms = limit.period_seconds * 1000
+    free = limit.limit * period_ms - level
+    return (free // period_ms if free > 0 else 0), -(-level // limit.limit)
+
+
 def _decide(limit: RateLimit, cost: int, allowed: bool, level: int, now_ms: int) -> RateLimitDecision:
     period_ms = limit.period_seconds * 1000
     units = limit.limit
-    capacity = units * period_ms
-    free = capacity - level
-    remaining = free // period_ms if free > 0 else 0
-    reset_after = -(-level // units)
+    remaining, reset_after = _window(limit, level)
     retry: int | None = None
     if not allowed and cost <= units:
-        retry = -(-(level + cost * period_ms - capacity) // units)
+        retry = -(-(level + cost * period_ms - units * period_ms) // units)
     return RateLimitDecision(
         allowed, limit.kind, units, limit.period_seconds, remaining, reset_after, retry, now_ms, cost
     )
@@ -442,7 +446,6 @@ class AdmissionPlan:
     __slots__ = (
         "_acquire",
         "_admitter",
-        "_binding",
         "_bound_store",
         "_checks",
         "_op_parts",
@@ -479,10 +482,9 @@ class AdmissionPlan:
             (key, units, period) for key, cost, units, period in self._op_parts if cost is None
         )
         self._static_lines = _static_lines(budgets)
-        # (store, rate states, budget (counter, limit) pairs, counters) of an in-process store
-        self._binding: tuple[object, list[Any], list[tuple[list[int], int]], list[list[int]]] | None = None
-        self._bound_store: object = None  # the store of _binding
-        # that store's compiled admit/settle for this plan (MemoryLimitsStore.compile_bound)
+        # the in-process store this plan is bound to (its live state), and that store's compiled
+        # admit/settle for the plan (MemoryLimitsStore.compile_bound)
+        self._bound_store: object = None
         self._admitter: Callable[[int, str, int], tuple[int, list[int], tuple[int, ...]] | None] | None = None
         self._settler: Callable[[str | None, int, int | None, int | None], SettleOutcome | None] | None = None
         # acquire_plan_now of that gate for this plan, as one closure (DefaultLimitsGate._compile)
@@ -757,14 +759,11 @@ class GateDecision:
             checks, _estimate, levels, _now = source
             fastest: dict[str, tuple[int, int, int]] = {}  # kind -> (limit, remaining, reset ms)
             for (limit, _cost), level in zip(checks, levels, strict=True):
-                units = limit.limit
-                period_ms = limit.period_seconds * 1000
-                free = units * period_ms - level
-                remaining = free // period_ms if free > 0 else 0
+                remaining, reset_ms = _window(limit, level)
                 kind = limit.kind.value
                 known = fastest.get(kind)
                 if known is None or remaining < known[1]:
-                    fastest[kind] = (units, remaining, -(-level // units))
+                    fastest[kind] = (limit.limit, remaining, reset_ms)
             headers: dict[str, str] = {}
             for kind, (units, remaining, reset_ms) in fastest.items():
                 headers[_LIMIT_HEADER[kind]] = str(units)
@@ -835,7 +834,7 @@ _new_decision = GateDecision.__new__
 
 def _sync_ops(store: object) -> tuple[Any, ...] | None:
     """The store's synchronous fast path (``sync_ops()``), if it offers one: ``(admit_raw,
-    settle_now)``, optionally followed by ``(bind, admit_bound)``."""
+    settle_now)``, optionally followed by ``(bind, compile_bound)``."""
     offer = getattr(store, "sync_ops", None)
     if offer is None or not callable(offer):
         return None
@@ -874,7 +873,6 @@ class DefaultLimitsGate:
     """
 
     __slots__ = (
-        "_admit_bound",
         "_bind_store",
         "_clock",
         "_compile_bound",
@@ -891,15 +889,12 @@ class DefaultLimitsGate:
         ops = _sync_ops(store)
         self._raw_admit: _RawAdmit | None = None if ops is None else ops[0]
         self._raw_settle: _RawSettle | None = None if ops is None else ops[1]
-        # optional: bind a plan to the store's live state (see MemoryLimitsStore.bind)
+        # optional: bind a plan to the store's live state and compile it into closures (see
+        # MemoryLimitsStore.bind and MemoryLimitsStore.compile_bound)
         self._bind_store: Callable[..., tuple[list[Any], list[list[int]]]] | None = None
-        self._admit_bound: Callable[..., tuple[int, list[int]] | None] | None = None
-        if ops is not None and len(ops) > 2:
-            self._bind_store, self._admit_bound = ops[2], ops[3]
-        # optional: compile a bound plan into two closures (see MemoryLimitsStore.compile_bound)
-        self._compile_bound: Callable[..., tuple[Any, Any]] | None = (
-            ops[4] if ops is not None and len(ops) > 4 else None
-        )
+        self._compile_bound: Callable[..., tuple[Any, Any]] | None = None
+        if ops is not None and len(ops) > 3:
+            self._bind_store, self._compile_bound = ops[2], ops[3]
 
     def __repr__(self) -> str:
         return f"DefaultLimitsGate({type(self._store).__name__})"
@@ -1019,26 +1014,15 @@ class DefaultLimitsGate:
         if (
             plan._bound_store is not self._store
             and lines is not None
-            and (len(lines) == 1 or (not lines and self._compile_bound is not None))
+            and len(lines) <= 1
+            and self._compile_bound is not None
         ):
             self._bind(plan, lines)
-        binding = plan._binding
-        if binding is not None and plan._bound_store is self._store:
+        acquire = plan._acquire
+        if acquire is not None and plan._bound_store is self._store:
             # The common case: at most one budget, which never resets, on the store's live state:
-            # no look-ups, nothing built unless everything passes.
-            rid = new_reservation_id() if reservation_id is None else reservation_id
-            acquire = plan._acquire
-            if acquire is not None:  # compiled when the plan was bound (see _compile_acquire)
-                return acquire(est, amount, rid)
-            _store, rates, budgets, counters = binding
-            done = self._admit_bound(rates, est, rid, amount, budgets, counters)  # type: ignore[misc]
-            if done is not None:
-                counter, limit = budgets[0]
-                free = limit - counter[0] - counter[1]
-                return GateDecision._admitted_plan(
-                    plan, est, done[1], done[0], (free if free > 0 else 0,), rid, amount
-                )
-            reservation_id = rid  # refused (or a taken id): the general path says why
+            # no look-ups, nothing built unless everything passes (see _compile_acquire).
+            return acquire(est, amount, new_reservation_id() if reservation_id is None else reservation_id)
         return self._acquire_general(plan, est, amount, lines, reservation_id)
 
     def _compile_acquire(
@@ -1110,12 +1094,10 @@ class DefaultLimitsGate:
             plan._checks, est, allowed, levels, now_ms, plan.budgets, lines, counters, amount, 0.0
         )
 
-    def _bind(
-        self, plan: AdmissionPlan, lines: tuple[BudgetLine, ...]
-    ) -> tuple[object, list[Any], list[tuple[list[int], int]], list[list[int]]] | None:
-        """Bind *plan* to the store's live state (when the store offers ``bind``/``admit_bound``)."""
-        if self._admit_bound is None or self._bind_store is None:
-            return None
+    def _bind(self, plan: AdmissionPlan, lines: tuple[BudgetLine, ...]) -> None:
+        """Bind *plan* to the store's live state and compile it (``bind`` and ``compile_bound``)."""
+        assert self._bind_store is not None
+        assert self._compile_bound is not None
         states, counters = self._bind_store(
             [key for key, _c, _u, _p in plan._op_parts], [(line[0], line[1]) for line in lines]
         )
@@ -1124,15 +1106,9 @@ class DefaultLimitsGate:
             for state, (_key, cost, units, period) in zip(states, plan._op_parts, strict=True)
         ]
         budgets = [(counter, line[3]) for counter, line in zip(counters, lines, strict=True)]
-        binding = (self._store, rates, budgets, counters)
-        if self._compile_bound is not None:
-            plan._admitter, plan._settler = self._compile_bound(rates, budgets, counters)
-            plan._acquire = self._compile_acquire(plan, lines)
-        else:  # (closures compiled for another store must not outlive their binding)
-            plan._admitter = plan._settler = plan._acquire = None
-        plan._binding = binding
+        plan._admitter, plan._settler = self._compile_bound(rates, budgets, counters)
+        plan._acquire = self._compile_acquire(plan, lines)
         plan._bound_store = self._store
-        return binding
 
     def _admit_sync(
         self,

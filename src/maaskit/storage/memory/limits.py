@@ -404,7 +404,7 @@ class MemoryLimitsStore:
         return admit
 
     def sync_ops(self) -> tuple[Callable[..., Any], ...] | None:
-        """``(admit_raw, settle_now, bind, admit_bound, compile_bound)``: the synchronous fast path a limits gate
+        """``(admit_raw, settle_now, bind, compile_bound)``: the synchronous fast path a limits gate
         may use instead of awaiting :meth:`admit` and :meth:`settle_admission` (same results, no
         coroutine hops).
 
@@ -418,7 +418,7 @@ class MemoryLimitsStore:
             or cls.admit_now is not base.admit_now
         ):
             return None
-        return self.admit_raw, self.settle_now, self.bind, self.admit_bound, self.compile_bound
+        return self.admit_raw, self.settle_now, self.bind, self.compile_bound
 
     async def reserve(self, request: ReserveRequest) -> ReserveOutcome:
         """Reserve on every line, all or nothing (see :class:`~maaskit.storage.ports.limits.LedgerStore`)."""
