@@ -38,6 +38,7 @@ from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 import attrs
 
+from maaskit._tasks import shared_task
 from maaskit.clock import Clock, SystemClock
 from maaskit.errors import ForbiddenError, NotFoundError, ValidationError
 from maaskit.money import MAX_MICROS
@@ -501,15 +502,12 @@ class DefaultAdmissionService:
         """Check the owner's ``models:use`` once for all concurrent requests of *key*."""
         check = entry.authorizing
         if check is None:
-            check = entry.authorizing = asyncio.ensure_future(self._check_permission(key, entry))
 
             def forget(done: asyncio.Future[None]) -> None:
                 if entry.authorizing is done:
                     entry.authorizing = None
-                if not done.cancelled():
-                    done.exception()  # retrieved, even when every caller went away
 
-            check.add_done_callback(forget)
+            check = entry.authorizing = shared_task(self._check_permission(key, entry), forget)
         await asyncio.shield(check)  # a caller that goes away does not cancel the others' check
 
     async def _check_permission(self, key: ApiKey, entry: _KeyPlan) -> None:

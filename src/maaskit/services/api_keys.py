@@ -38,6 +38,7 @@ import structlog
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from maaskit._tasks import shared_task
 from maaskit.clock import Clock, SystemClock
 from maaskit.errors import ConflictError, NotFoundError, UnauthenticatedError, ValidationError
 from maaskit.money import parse_micros
@@ -589,17 +590,10 @@ class DefaultApiKeyService:
         lookup_id = (cache_key, self._epoch)
         lookup = self._lookups.get(lookup_id)
         if lookup is None:
-            lookup = asyncio.ensure_future(
-                self._validate_uncached(_hmac_digest(self._pepper, raw, "sha256"), cache_key)
+            lookup = self._lookups[lookup_id] = shared_task(
+                self._validate_uncached(_hmac_digest(self._pepper, raw, "sha256"), cache_key),
+                lambda _done: self._lookups.pop(lookup_id, None),
             )
-            self._lookups[lookup_id] = lookup
-
-            def forget(done: asyncio.Future[ApiKey]) -> None:
-                self._lookups.pop(lookup_id, None)
-                if not done.cancelled():
-                    done.exception()  # retrieved, even when every caller went away
-
-            lookup.add_done_callback(forget)
         # shielded: a caller that goes away does not cancel the others' look-up
         return await asyncio.shield(lookup)
 

@@ -237,7 +237,7 @@ class StaleReservationSweeper(Protocol):
     would stay ``reserved`` (blocking that budget) forever. The SQL and Redis ledgers implement
     this Protocol; :class:`~maaskit.services.budget.ReservationSweeper` calls it periodically.
 
-    Contract (``tests/contract/test_limits_contract.py``):
+    Contract (``tests/contract/test_stale_reservations.py``):
 
     * only reservations still **open** and created strictly before the cutoff are released, at
       most *limit* of them (oldest first);

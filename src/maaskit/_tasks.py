@@ -1,0 +1,31 @@
+"""Small asyncio helpers shared by services (private)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+__all__ = ["shared_task"]
+
+_T = TypeVar("_T")
+
+
+def shared_task(
+    work: Coroutine[Any, Any, _T], forget: Callable[[asyncio.Future[_T]], object]
+) -> asyncio.Future[_T]:
+    """Run *work* as a task that several callers await, each through :func:`asyncio.shield`.
+
+    Single-flight: the caller that starts it keeps the task where later callers find it, and
+    *forget* removes it from there once it is done. Its exception is marked as retrieved, so a
+    task every caller walked away from never logs "exception was never retrieved".
+    """
+    task = asyncio.ensure_future(work)
+
+    def done(finished: asyncio.Future[_T]) -> None:
+        forget(finished)
+        if not finished.cancelled():
+            finished.exception()
+
+    task.add_done_callback(done)
+    return task
