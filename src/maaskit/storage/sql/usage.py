@@ -8,8 +8,9 @@ request id already stored, by this or another replica, is skipped. Reports aggre
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -109,26 +110,28 @@ _COLUMNS = (
 )
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECOND = timedelta(seconds=1)
+_sqlite_head = operator.attrgetter(*_COLUMNS[:-1])
+
+# The SQLite fast path: every column bound as is except ``created_at``, which SQLite renders
+# from whole seconds since the epoch and the microsecond into the exact text SQLAlchemy's
+# SQLite ``DateTime`` stores ("YYYY-MM-DD HH:MM:SS.ffffff"), so range queries and utc_day()
+# agree. Formatting in SQLite runs off the event loop with the GIL released and costs a third
+# of ``datetime.isoformat`` on an aware value.
+# Built from this module's constant identifiers only (hence the S608 waiver).
+_SQLITE_INSERT = (
+    f"INSERT INTO {_table.name} ({', '.join(_COLUMNS)}) "  # noqa: S608
+    f"VALUES ({'?, ' * (len(_COLUMNS) - 1)}datetime(?, 'unixepoch') || printf('.%06d', ?)) "
+    "ON CONFLICT (request_id) DO NOTHING"
+)
+
+
 def _to_sqlite_row(record: UsageRecord) -> tuple[Any, ...]:
-    # created_at is UTC (UsageRecord normalises it); this is the exact text SQLAlchemy's SQLite
-    # DateTime stores ("YYYY-MM-DD HH:MM:SS.ffffff"), so range queries and utc_day() agree.
-    return (
-        record.request_id,
-        record.key_id,
-        record.owner_id,
-        record.team_id,
-        record.model,
-        record.upstream,
-        record.prompt_tokens,
-        record.completion_tokens,
-        record.total_tokens,
-        record.cost_micros,
-        record.usage_source,
-        record.status,
-        1 if record.streamed else 0,
-        record.latency_ms,
-        record.created_at.isoformat(" ", "microseconds")[:26],  # drop the "+00:00"
-    )
+    # created_at is UTC (UsageRecord normalises it); floor division keeps pre-1970 exact.
+    at = record.created_at
+    # concatenation, not unpacking: 50 instead of 75 ns a row
+    return _sqlite_head(record) + ((at - _EPOCH) // _SECOND, at.microsecond)  # noqa: RUF005
 
 
 class SqlUsageStore:
@@ -146,14 +149,9 @@ class SqlUsageStore:
         else:
             insert = sqlite.insert(_table)
         self._insert = insert.on_conflict_do_nothing(index_elements=[_c.request_id])
-        # SQLite: the same Core statement, compiled once; rows are bound as plain tuples so the
-        # per-row work is one tuple instead of SQLAlchemy's generic bind processing (~3x faster).
-        self._sqlite_sql: str | None = None
-        if database.dialect == "sqlite":
-            compiled = self._insert.compile(dialect=database.engine.dialect)
-            if list(compiled.positiontup or ()) != list(_COLUMNS):  # pragma: no cover - a guard
-                raise RuntimeError("unexpected parameter order in the usage INSERT")
-            self._sqlite_sql = str(compiled)
+        # SQLite: rows are bound as plain tuples (one attrgetter call per row) instead of going
+        # through SQLAlchemy's generic bind processing (~3x faster); see _SQLITE_INSERT.
+        self._sqlite_sql = _SQLITE_INSERT if database.dialect == "sqlite" else None
 
     def __repr__(self) -> str:
         return f"SqlUsageStore({self._db!r})"
