@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     key_cache_ttl: float = Field(default=60.0, gt=0)
     key_rotation_grace: float = Field(default=86_400.0, ge=0)
     usage_flush_interval: float = Field(default=1.0, gt=0, le=60)
-    usage_flush_batch: int = Field(default=1000, ge=1)
+    usage_flush_batch: int = Field(default=5000, ge=1)
     health_timeout: float = Field(default=2.0, gt=0)
 
     # -- identity ------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def test_record_calls_per_second(benchmark: Any) -> None:
         assert per_second >= 200_000
 
 
-@pytest.mark.parametrize("batch_size", [1000, 10_000])
+@pytest.mark.parametrize("batch_size", [1000, 5000, 10_000])
 def test_flush_rows_per_second_into_sqlite_file(benchmark: Any, tmp_path: Path, batch_size: int) -> None:
     loop = asyncio.new_event_loop()
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'usage.db'}")

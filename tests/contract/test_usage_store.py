@@ -95,6 +95,25 @@ async def test_duplicate_request_ids_are_stored_once_first_wins(store: UsageStor
     assert total.cost_micros == 1 + 100 + 100
 
 
+@pytest.mark.parametrize("size", [1, 3, 255, 256, 257, 700])
+async def test_batches_of_any_size_store_each_request_once(store: UsageStore, size: int) -> None:
+    # SQLite writes 256-row statements and pads the rest with copies of its last row: none of
+    # that may show (sizes around the chunk; an in-batch duplicate straddling its boundary)
+    batch = [rec(f"r{i}", cost_micros=i + 1) for i in range(size)]
+    if size > 256:
+        batch[256] = rec("r255", cost_micros=999_999)
+    await store.add_many(batch)
+    await store.add_many(batch[:2])  # again: all known
+    first: dict[str, UsageRecord] = {}
+    for r in batch:
+        first.setdefault(r.request_id, r)
+    [total] = await store.aggregate(q(group_by=()))
+    assert total.requests == len(first)
+    assert total.cost_micros == sum(r.cost_micros for r in first.values())
+    for i in {0, size // 2, size - 1, min(size - 1, 255), min(size - 1, 256)}:
+        assert await store.get(batch[i].request_id) == first[batch[i].request_id]
+
+
 async def test_totals_with_no_rows_are_zero(store: UsageStore) -> None:
     assert await store.aggregate(q(group_by=())) == [UsageRow()]
     assert await store.aggregate(q()) == []

@@ -1,6 +1,7 @@
 """The SQLite usage fast path stores exactly the timestamp text SQLAlchemy binds, for any instant.
 
-``SqlUsageStore`` binds plain tuples on SQLite and lets SQLite render ``created_at`` from whole
+``SqlUsageStore`` binds plain tuples on SQLite, many rows per statement (chunks of four here,
+so full chunks and a padded rest both occur), and lets SQLite render ``created_at`` from whole
 seconds since the epoch and the microsecond. Range queries, ``utc_day()`` and reads through the
 ORM only agree if that text equals what SQLAlchemy's SQLite ``DateTime`` stores for the same
 value: checked here over the whole ``datetime`` range, pre-1970 instants and zero microseconds
@@ -20,7 +21,7 @@ from sqlalchemy.dialects import sqlite
 
 from maaskit.services.usage import UsageRecord
 from maaskit.storage.sql.tables.usage import UsageRecordRow
-from maaskit.storage.sql.usage import _SQLITE_INSERT, _to_sqlite_row
+from maaskit.storage.sql.usage import _sqlite_chunks, _sqlite_insert, _sqlite_rest
 
 _table: sa.Table = UsageRecordRow.__table__  # type: ignore[attr-defined]
 _bind_text = sa.DateTime().dialect_impl(sqlite.dialect()).bind_processor(sqlite.dialect())
@@ -43,7 +44,7 @@ def engine() -> Iterator[sa.Engine]:
 
 
 @settings(max_examples=300, deadline=None)
-@given(stamps=st.lists(instants, min_size=1, max_size=5))
+@given(stamps=st.lists(instants, min_size=1, max_size=11))
 def test_fast_path_text_equals_sqlalchemy_bind(engine: sa.Engine, stamps: list[datetime]) -> None:
     records = [
         UsageRecord(
@@ -62,7 +63,11 @@ def test_fast_path_text_equals_sqlalchemy_bind(engine: sa.Engine, stamps: list[d
     ]
     with engine.begin() as conn:
         conn.execute(_table.delete())
-        conn.exec_driver_sql(_SQLITE_INSERT, [_to_sqlite_row(r) for r in records])
+        full = len(records) - len(records) % 4  # the store's split, with chunks of four
+        if full:
+            conn.exec_driver_sql(_sqlite_insert(4), list(_sqlite_chunks(records[:full], 4)))
+        if full < len(records):
+            conn.exec_driver_sql(*_sqlite_rest(records[full:]))
         raw = dict(conn.exec_driver_sql("SELECT request_id, created_at FROM maaskit_usage").all())
         back = {row.request_id: row for row in conn.execute(sa.select(_table))}
     assert _bind_text is not None

@@ -482,7 +482,7 @@ class DefaultUsageService:
         clock: Clock,
         *,
         flush_interval: float = 1.0,
-        batch_size: int = 1000,
+        batch_size: int = 5000,
         max_buffer: int = 100_000,
         overflow: OverflowPolicy = "refuse",
         retry_delay: float | None = None,

@@ -1,20 +1,25 @@
 """SQL :class:`~maaskit.storage.ports.usage.UsageStore` (SQLite and PostgreSQL).
 
-Batches go in as one Core ``INSERT ... ON CONFLICT (request_id) DO NOTHING`` executed with
-many parameter sets in one transaction (SQLAlchemy's dialect-specific ``insert``), so a
-request id already stored, by this or another replica, is skipped. Reports aggregate in SQL
+A batch goes in as ``INSERT ... ON CONFLICT (request_id) DO NOTHING`` in one transaction, so a
+request id already stored, by this or another replica, is skipped: on PostgreSQL one Core
+statement executed with many parameter sets, on SQLite multi-row statements of up to 256 rows
+bound as plain tuples (see ``SqlUsageStore._add_sqlite``). Reports aggregate in SQL
 (``GROUP BY``), with the UTC calendar day computed by the database on both dialects.
 """
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import closing
 from datetime import UTC, date, datetime, timedelta
+from itertools import chain, repeat
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -28,7 +33,14 @@ __all__ = ["SqlUsageStore", "utc_day"]
 _table: sa.Table = UsageRecordRow.__table__  # type: ignore[attr-defined]
 _c = _table.c
 
-_UNAVAILABLE = (OSError, sa.exc.OperationalError, sa.exc.InterfaceError)
+# sqlite3's own errors: the SQLite fast path talks to the driver directly
+_UNAVAILABLE = (
+    OSError,
+    sa.exc.OperationalError,
+    sa.exc.InterfaceError,
+    sqlite3.OperationalError,
+    sqlite3.InterfaceError,
+)
 
 
 class utc_day(sa.sql.functions.FunctionElement[date]):
@@ -114,17 +126,40 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
 _sqlite_head = operator.attrgetter(*_COLUMNS[:-1])
 
-# The SQLite fast path: every column bound as is except ``created_at``, which SQLite renders
-# from whole seconds since the epoch and the microsecond into the exact text SQLAlchemy's
-# SQLite ``DateTime`` stores ("YYYY-MM-DD HH:MM:SS.ffffff"), so range queries and utc_day()
-# agree. Formatting in SQLite runs off the event loop with the GIL released and costs a third
-# of ``datetime.isoformat`` on an aware value.
-# Built from this module's constant identifiers only (hence the S608 waiver).
-_SQLITE_INSERT = (
-    f"INSERT INTO {_table.name} ({', '.join(_COLUMNS)}) "  # noqa: S608
-    f"VALUES ({'?, ' * (len(_COLUMNS) - 1)}datetime(?, 'unixepoch') || printf('.%06d', ?)) "
-    "ON CONFLICT (request_id) DO NOTHING"
-)
+# The SQLite fast path. Every column is bound as is except ``created_at``, which SQLite renders
+# from whole seconds since the epoch and the microsecond into the exact text SQLAlchemy's SQLite
+# ``DateTime`` stores ("YYYY-MM-DD HH:MM:SS.ffffff"), so range queries and utc_day() agree; that
+# runs off the event loop and costs a third of ``datetime.isoformat`` on an aware value.
+#
+# Rows go in as multi-row ``INSERT ... VALUES (...), (...), ...`` statements of up to
+# _SQLITE_CHUNK_ROWS rows, not with one ``executemany`` step per row: Python's sqlite3 module
+# releases and retakes the GIL around every step, and with one step per row the writer thread
+# fought the event loop for the GIL at every row. Measured in the reference gateway at
+# concurrency 10: the event loop spent ~21 us more per request, the writer thread 2.5x the
+# CPU, and the gateway served 13 % fewer requests than with 256-row statements.
+_SQLITE_ROW = f"({'?, ' * (len(_COLUMNS) - 1)}datetime(?, 'unixepoch') || printf('.%06d', ?))"
+_SQLITE_CHUNK_ROWS = 256
+_sqlite_inserts: dict[int, str] = {}
+
+
+def _sqlite_insert(rows: int) -> str:
+    """The ``INSERT`` of *rows* rows (a power of two, so at most nine distinct statements)."""
+    sql = _sqlite_inserts.get(rows)
+    if sql is None:
+        # built from this module's constant identifiers only (hence the S608 waiver)
+        sql = _sqlite_inserts[rows] = (
+            f"INSERT INTO {_table.name} ({', '.join(_COLUMNS)}) "  # noqa: S608
+            f"VALUES {', '.join([_SQLITE_ROW] * rows)} ON CONFLICT (request_id) DO NOTHING"
+        )
+    return sql
+
+
+def _sqlite_chunk_rows() -> int:
+    """Rows per statement: 256, or the largest power of two this SQLite's variable limit allows."""
+    with closing(sqlite3.connect(":memory:")) as probe:
+        limit = probe.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    fits = max(1, limit // (len(_COLUMNS) + 1))
+    return min(_SQLITE_CHUNK_ROWS, 1 << (fits.bit_length() - 1))
 
 
 def _to_sqlite_row(record: UsageRecord) -> tuple[Any, ...]:
@@ -132,6 +167,25 @@ def _to_sqlite_row(record: UsageRecord) -> tuple[Any, ...]:
     at = record.created_at
     # concatenation, not unpacking: 50 instead of 75 ns a row
     return _sqlite_head(record) + ((at - _EPOCH) // _SECOND, at.microsecond)  # noqa: RUF005
+
+
+def _sqlite_chunks(records: Sequence[UsageRecord], chunk: int) -> Iterator[tuple[Any, ...]]:
+    """The parameters of one *chunk*-row statement per *chunk* records (a multiple of it)."""
+    for start in range(0, len(records), chunk):
+        yield tuple(chain.from_iterable(map(_to_sqlite_row, records[start : start + chunk])))
+
+
+def _sqlite_rest(records: Sequence[UsageRecord]) -> tuple[str, tuple[Any, ...]]:
+    """Fewer records than a chunk as one statement, padded up to a power of two rows.
+
+    The padding repeats the last row, which ``ON CONFLICT (request_id) DO NOTHING`` skips like
+    any known request id; so at most nine distinct SQL texts exist, each prepared once per
+    connection.
+    """
+    rows = [_to_sqlite_row(r) for r in records]
+    size = 1 << (len(rows) - 1).bit_length()
+    rows.extend(repeat(rows[-1], size - len(rows)))
+    return _sqlite_insert(size), tuple(chain.from_iterable(rows))
 
 
 class SqlUsageStore:
@@ -150,14 +204,15 @@ class SqlUsageStore:
             insert = sqlite.insert(_table)
         self._insert = insert.on_conflict_do_nothing(index_elements=[_c.request_id])
         # SQLite: rows are bound as plain tuples (one attrgetter call per row) instead of going
-        # through SQLAlchemy's generic bind processing (~3x faster); see _SQLITE_INSERT.
-        self._sqlite_sql = _SQLITE_INSERT if database.dialect == "sqlite" else None
+        # through SQLAlchemy's generic bind processing (~3x faster), many rows per statement;
+        # see _add_sqlite.
+        self._sqlite_chunk = _sqlite_chunk_rows() if database.dialect == "sqlite" else 0
 
     def __repr__(self) -> str:
         return f"SqlUsageStore({self._db!r})"
 
     async def add_many(self, records: Sequence[UsageRecord]) -> None:
-        """Insert *records* in one transaction with one statement; skip known request ids.
+        """Insert *records* in one transaction; skip known request ids.
 
         Raises:
             UnavailableError: ``database.unavailable`` when the database cannot be reached
@@ -167,12 +222,28 @@ class SqlUsageStore:
             return
         try:
             async with self._db.engine.begin() as conn:
-                if self._sqlite_sql is not None:
-                    await conn.exec_driver_sql(self._sqlite_sql, [_to_sqlite_row(r) for r in records])
+                if self._sqlite_chunk:
+                    await self._add_sqlite(conn, records)
                 else:
                     await conn.execute(self._insert, [_to_params(r) for r in records])
         except _UNAVAILABLE as exc:
             raise UnavailableError("database.unavailable") from exc
+
+    async def _add_sqlite(self, conn: AsyncConnection, records: Sequence[UsageRecord]) -> None:
+        # Whole chunks in one executemany on the driver (aiosqlite), which consumes the lazy
+        # parameter generator in its own thread: one hop, and the event loop converts nothing
+        # (a 5,000-row batch would otherwise hold it for ~3.5 ms). Then the rest, if any.
+        chunk = self._sqlite_chunk
+        full = len(records) - len(records) % chunk
+        driver = (await conn.get_raw_connection()).driver_connection
+        if driver is None:  # pragma: no cover - an invalidated connection
+            raise UnavailableError("database.unavailable")
+        if full:
+            async with driver.executemany(_sqlite_insert(chunk), _sqlite_chunks(records[:full], chunk)):
+                pass
+        if full < len(records):
+            async with driver.execute(*_sqlite_rest(records[full:])):
+                pass
 
     async def get(self, request_id: str) -> UsageRecord | None:
         """The stored record with *request_id*, or ``None``."""
