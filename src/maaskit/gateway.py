@@ -429,11 +429,13 @@ class GatewayApp:
                 return
             raise
         await gw.admission.settle(admission, result.usage, upstream=gw.upstream_name)
-        headers = [(b"content-type", b"application/json")]
+        body_bytes = result.body
+        # a known length spares every client the chunked framing uvicorn falls back to otherwise
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body_bytes))]
         for name, value in _headers(admission).items():
             headers.append((name.encode("latin-1"), value.encode("latin-1")))
         await send({"type": "http.response.start", "status": result.status, "headers": headers})
-        await send({"type": "http.response.body", "body": result.body})
+        await send({"type": "http.response.body", "body": body_bytes})
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:
@@ -468,6 +470,7 @@ def _replay(raw: bytes, receive: Receive) -> Receive:
 async def _send_error(send: Send, error: MaasError, locale: str) -> None:
     status, body, headers = error_response(error, locale)
     raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    raw_headers.append((b"content-length", b"%d" % len(body)))
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -150,6 +150,9 @@ async def test_maaskit_serve_subprocess_end_to_end(tmp_path: Path) -> None:
                 completion = raw.parse()
                 assert completion.choices[0].message.content == fake.reply
                 assert raw.headers["x-ratelimit-remaining-requests"] == "99"
+                # the data plane states the length: no chunked framing for the client to undo
+                assert raw.headers["content-length"] == str(len(raw.content))
+                assert "transfer-encoding" not in raw.headers
                 stream = await client.chat.completions.create(
                     model="fake-model",
                     messages=MESSAGES,
@@ -163,6 +166,14 @@ async def test_maaskit_serve_subprocess_end_to_end(tmp_path: Path) -> None:
                     await openai.AsyncOpenAI(
                         base_url=f"{base}/v1", api_key=key["secret"][:-1], max_retries=0
                     ).models.list()
+                async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+                    refused_chat = await http.post(
+                        "/v1/chat/completions",
+                        json={"model": "fake-model", "messages": MESSAGES},
+                        headers={"authorization": f"Bearer {key['secret'][:-1]}"},
+                    )
+                assert refused_chat.status_code == 401
+                assert refused_chat.headers["content-length"] == str(len(refused_chat.content))
             finally:
                 await client.close()
 
