@@ -114,6 +114,29 @@ async def test_batches_of_any_size_store_each_request_once(store: UsageStore, si
         assert await store.get(batch[i].request_id) == first[batch[i].request_id]
 
 
+@pytest.mark.parametrize("failing", [100, 600])
+async def test_sqlite_batch_failing_in_any_statement_stores_nothing(
+    sqlite_db: Database, failing: int
+) -> None:
+    # 700 rows are two 256-row chunks plus a padded rest: a failure in the first statement or
+    # in the last one rolls the whole batch back, and the store stays usable
+    store = SqlUsageStore(sqlite_db)
+    async with sqlite_db.engine.begin() as conn:
+        await conn.exec_driver_sql(
+            "CREATE TRIGGER refuse_boom BEFORE INSERT ON maaskit_usage WHEN NEW.request_id = 'boom' "
+            "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+    batch = [rec(f"r{i}") for i in range(700)]
+    batch[failing] = rec("boom")
+    with pytest.raises(Exception, match="refused"):
+        await store.add_many(batch)
+    assert (await store.aggregate(q(group_by=())))[0].requests == 0
+    async with sqlite_db.engine.begin() as conn:
+        await conn.exec_driver_sql("DROP TRIGGER refuse_boom")
+    await store.add_many(batch)
+    assert (await store.aggregate(q(group_by=())))[0].requests == 700
+
+
 async def test_totals_with_no_rows_are_zero(store: UsageStore) -> None:
     assert await store.aggregate(q(group_by=())) == [UsageRow()]
     assert await store.aggregate(q()) == []
