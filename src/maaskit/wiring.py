@@ -13,6 +13,7 @@ from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import argon2
 import structlog
 
 from maaskit.clock import Clock
@@ -381,6 +382,12 @@ class TokenRevoker:
         await self._tokens.revoke_subject(user_id)
 
 
+def _password_hasher() -> argon2.PasswordHasher:
+    # argon2id with argon2-cffi's defaults (t=3, 64 MiB, p=4); a test suite registers the
+    # cheapest profile instead (register_value(argon2.PasswordHasher, ...))
+    return argon2.PasswordHasher()
+
+
 def _users(
     store: UserStore,
     rbac: RbacService,
@@ -390,13 +397,14 @@ def _users(
     api_keys: ApiKeyService,
     sessions: SessionService,
     tokens: TokenService,
+    hasher: argon2.PasswordHasher,
 ) -> UserService:
     revokers: list[CredentialRevoker] = [
         SessionRevoker(sessions),
         TokenRevoker(tokens),
         ApiKeyRevoker(api_keys),
     ]
-    return DefaultUserService(store, rbac, audit, clock, throttle=throttle, revokers=revokers)
+    return DefaultUserService(store, rbac, audit, clock, hasher=hasher, throttle=throttle, revokers=revokers)
 
 
 def _authenticator(
@@ -630,6 +638,7 @@ def wire_builtin_services(registry: Registry, settings: Settings) -> None:
     registry.register_factory(SecretStore, _secret_store)
     registry.register_factory(SecretService, _secrets)
     registry.register_factory(KeyringService, _keyring)
+    registry.register_factory(argon2.PasswordHasher, _password_hasher)
     registry.register_factory(UserService, _users)
     registry.register_factory(Authenticator, _authenticator)
 

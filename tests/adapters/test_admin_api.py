@@ -15,17 +15,9 @@ from maaskit.clock import Clock
 from maaskit.errors import NotFoundError
 from maaskit.gateway import create_gateway
 from maaskit.registry import Registry
-from maaskit.services.api_keys import ApiKeyService
-from maaskit.services.audit import AuditLog
 from maaskit.services.login_throttle import LoginThrottle, MemoryLoginThrottle
-from maaskit.services.rbac import RbacService
-from maaskit.services.sessions import SessionService
-from maaskit.services.tokens import TokenService
-from maaskit.services.users import DefaultUserService, UserService
-from maaskit.storage.ports.users import UserStore
 from maaskit.testing.app import build_test_app
 from maaskit.testing.clock import FakeClock
-from maaskit.wiring import ApiKeyRevoker, SessionRevoker, TokenRevoker
 
 pytestmark = pytest.mark.anyio
 
@@ -33,21 +25,6 @@ COOKIE = "__Host-maaskit_session"
 ADMIN_PW = "Adm1n-very-long-pass"
 PW = "a-good-passphrase-1"
 CHEAP = argon2.PasswordHasher.from_parameters(argon2.profiles.CHEAPEST)
-
-
-def cheap_users(
-    store: UserStore,
-    rbac: RbacService,
-    audit: AuditLog,
-    clock: Clock,
-    throttle: LoginThrottle,
-    api_keys: ApiKeyService,
-    sessions: SessionService,
-    tokens: TokenService,
-) -> UserService:
-    """The wiring's UserService with the cheapest argon2 profile (tests only)."""
-    revokers = [SessionRevoker(sessions), TokenRevoker(tokens), ApiKeyRevoker(api_keys)]
-    return DefaultUserService(store, rbac, audit, clock, hasher=CHEAP, throttle=throttle, revokers=revokers)
 
 
 class SpyThrottle(MemoryLoginThrottle):
@@ -97,7 +74,7 @@ async def env() -> AsyncIterator[Env]:
     throttle = SpyThrottle(clock)
 
     def configure(registry: Registry) -> None:
-        registry.register_factory(UserService, cheap_users)
+        registry.register_value(argon2.PasswordHasher, CHEAP)
 
     app = build_test_app(
         {LoginThrottle: throttle},

@@ -17,19 +17,10 @@ import httpx
 import pytest
 
 from maaskit.app import AppService
-from maaskit.clock import Clock
 from maaskit.gateway import create_gateway
 from maaskit.registry import Registry
-from maaskit.services.api_keys import ApiKeyService
-from maaskit.services.audit import AuditLog
-from maaskit.services.login_throttle import LoginThrottle
-from maaskit.services.rbac import ALL_PERMISSIONS, BUILTIN_ROLES, RbacService
-from maaskit.services.sessions import SessionService
-from maaskit.services.tokens import TokenService
-from maaskit.services.users import DefaultUserService, UserService
-from maaskit.storage.ports.users import UserStore
+from maaskit.services.rbac import ALL_PERMISSIONS, BUILTIN_ROLES
 from maaskit.testing.app import build_test_app
-from maaskit.wiring import ApiKeyRevoker, SessionRevoker, TokenRevoker
 
 PW = "a-good-passphrase-1"
 ADMIN_PW = "Adm1n-very-long-pass"
@@ -37,21 +28,6 @@ CHEAP = argon2.PasswordHasher.from_parameters(argon2.profiles.CHEAPEST)
 ROLES = [*sorted(BUILTIN_ROLES), None]
 AUTH_METHODS = ["session", "jwt", "api_key"]
 _counter = itertools.count()
-
-
-def cheap_users(
-    store: UserStore,
-    rbac: RbacService,
-    audit: AuditLog,
-    clock: Clock,
-    throttle: LoginThrottle,
-    api_keys: ApiKeyService,
-    sessions: SessionService,
-    tokens: TokenService,
-) -> UserService:
-    """The wiring's UserService with the cheapest argon2 profile (tests only)."""
-    revokers = [SessionRevoker(sessions), TokenRevoker(tokens), ApiKeyRevoker(api_keys)]
-    return DefaultUserService(store, rbac, audit, clock, hasher=CHEAP, throttle=throttle, revokers=revokers)
 
 
 async def _fresh_user(app: AppService, *roles: str) -> str:
@@ -157,7 +133,7 @@ def test_every_operation_has_a_required_permission() -> None:
 @pytest.fixture
 async def app() -> AsyncIterator[AppService]:
     def configure(registry: Registry) -> None:
-        registry.register_factory(UserService, cheap_users)
+        registry.register_value(argon2.PasswordHasher, CHEAP)
 
     service = build_test_app(configure=configure, upstream_url="http://127.0.0.1:9")
     async with service:

@@ -46,29 +46,22 @@ from keyring.backend import KeyringBackend
 from structlog.testing import capture_logs
 
 from maaskit.app import AppService
-from maaskit.clock import Clock
 from maaskit.errors import MaasError
 from maaskit.gateway import create_gateway
 from maaskit.log import configure_logging, settings_secrets
 from maaskit.registry import Registry
-from maaskit.services.api_keys import ApiKeyService, generate_key
-from maaskit.services.audit import AuditLog
+from maaskit.services.api_keys import generate_key
 from maaskit.services.credentials import CredentialPool
 from maaskit.services.keyring import DefaultKeyringService, KeyringService
-from maaskit.services.login_throttle import LoginThrottle
-from maaskit.services.rbac import RbacService
 from maaskit.services.secrets import MasterKey
-from maaskit.services.sessions import SessionService, session_digest
-from maaskit.services.tokens import TokenService
+from maaskit.services.sessions import session_digest
 from maaskit.services.upstream import HttpxTransport, UpstreamTransport
-from maaskit.services.users import DefaultUserService, UserService
-from maaskit.storage.ports.users import UserStore
 from maaskit.storage.sql.base import metadata
 from maaskit.testing.app import build_test_app
 from maaskit.testing.clock import FakeClock
 from maaskit.testing.fake_keyring import FakeKeyring, InMemoryKeyringBackend
 from maaskit.testing.fake_upstream import FakeUpstream
-from maaskit.wiring import ApiKeyRevoker, SessionRevoker, TokenRevoker, _derive
+from maaskit.wiring import _derive
 
 # -- the canaries ------------------------------------------------------------------------------
 
@@ -403,23 +396,8 @@ def _around(text: str, value: str) -> str:
 # -- the environment -------------------------------------------------------------------------
 
 
-def cheap_users(
-    store: UserStore,
-    rbac: RbacService,
-    audit: AuditLog,
-    clock: Clock,
-    throttle: LoginThrottle,
-    api_keys: ApiKeyService,
-    sessions: SessionService,
-    tokens: TokenService,
-) -> UserService:
-    """The wiring's UserService with the cheapest argon2 profile (tests only)."""
-    revokers = [SessionRevoker(sessions), TokenRevoker(tokens), ApiKeyRevoker(api_keys)]
-    return DefaultUserService(store, rbac, audit, clock, hasher=CHEAP, throttle=throttle, revokers=revokers)
-
-
 def _configure(registry: Registry) -> None:
-    registry.register_factory(UserService, cheap_users)
+    registry.register_value(argon2.PasswordHasher, CHEAP)
 
 
 class EchoingBackend(KeyringBackend):

@@ -12,44 +12,19 @@ from hypothesis import strategies as st
 
 from maaskit.admin_api import client_ip
 from maaskit.app import AppService
-from maaskit.clock import Clock
 from maaskit.errors import ForbiddenError, UnauthenticatedError
 from maaskit.registry import Registry
-from maaskit.services.api_keys import ApiKeyService
-from maaskit.services.audit import AuditLog
 from maaskit.services.auth import ADMIN_TOKEN_SUBJECT, Authenticator, Principal
-from maaskit.services.login_throttle import LoginThrottle
-from maaskit.services.rbac import RbacService
-from maaskit.services.sessions import SessionService
-from maaskit.services.tokens import TokenService
-from maaskit.services.users import DefaultUserService, UserService
-from maaskit.storage.ports.users import UserStore
 from maaskit.testing.app import build_test_app
-from maaskit.wiring import ApiKeyRevoker, SessionRevoker, TokenRevoker
 
 PW = "a-good-passphrase-1"
 CHEAP = argon2.PasswordHasher.from_parameters(argon2.profiles.CHEAPEST)
 
 
-def cheap_users(
-    store: UserStore,
-    rbac: RbacService,
-    audit: AuditLog,
-    clock: Clock,
-    throttle: LoginThrottle,
-    api_keys: ApiKeyService,
-    sessions: SessionService,
-    tokens: TokenService,
-) -> UserService:
-    """The wiring's UserService with the cheapest argon2 profile (tests only)."""
-    revokers = [SessionRevoker(sessions), TokenRevoker(tokens), ApiKeyRevoker(api_keys)]
-    return DefaultUserService(store, rbac, audit, clock, hasher=CHEAP, throttle=throttle, revokers=revokers)
-
-
 @pytest.fixture
 async def app() -> AsyncIterator[AppService]:
     def configure(registry: Registry) -> None:
-        registry.register_factory(UserService, cheap_users)
+        registry.register_value(argon2.PasswordHasher, CHEAP)
 
     service = build_test_app(configure=configure)
     async with service:
