@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["shared_task"]
+__all__ = ["cancel_and_wait", "shared_task"]
 
 _T = TypeVar("_T")
 
@@ -29,3 +30,11 @@ def shared_task(
 
     task.add_done_callback(done)
     return task
+
+
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background loop's *task* (if any) and wait until it has stopped."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import calendar
-import contextlib
 import itertools
 import math
 import os
@@ -54,6 +53,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import attrs
 import structlog
 
+from maaskit._tasks import cancel_and_wait
 from maaskit.clock import Clock
 from maaskit.errors import MaasError, QuotaExceededError, ValidationError
 from maaskit.storage.ports.limits import (
@@ -564,10 +564,7 @@ class ReservationSweeper:
     async def aclose(self) -> None:
         """Stop the loop (idempotent); a sweep in progress is cancelled (its transaction rolls back)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
 
 _CFG_TIMEOUT = "MAASKIT_RESERVATION_TIMEOUT must be a positive number of seconds"

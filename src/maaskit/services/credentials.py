@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import math
 import re
 import secrets as _secrets
@@ -61,6 +60,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import attrs
 import structlog
 
+from maaskit._tasks import cancel_and_wait
 from maaskit.clock import Clock, SystemClock
 from maaskit.errors import MaasError, NotFoundError, UnavailableError, ValidationError
 from maaskit.storage.ports.credentials import (
@@ -1303,10 +1303,7 @@ class DefaultCredentialPool:
     async def aclose(self) -> None:
         """Stop the background flusher and flush what is pending."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         if self._loaded:
             await self.flush()
 

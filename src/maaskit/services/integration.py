@@ -29,7 +29,6 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import random
 import secrets
@@ -42,6 +41,7 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 import structlog
 
+from maaskit._tasks import cancel_and_wait
 from maaskit.clock import Clock, SystemClock
 from maaskit.errors import MaasError, NotFoundError, ValidationError
 from maaskit.services.catalog import ConflictPolicy, ModelCatalog, SyncReport, SyncRun
@@ -428,10 +428,7 @@ class DefaultIntegrationService:
     async def aclose(self) -> None:
         """Stop the loop; a round in progress is cancelled (its transaction rolls back)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     @property
     def scheduler_running(self) -> bool:
