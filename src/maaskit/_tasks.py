@@ -1,13 +1,14 @@
-"""Small asyncio helpers shared by services (private)."""
+"""Small helpers shared by services and their background loops (private)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["cancel_and_wait", "shared_task"]
+__all__ = ["cancel_and_wait", "positive_seconds", "shared_task"]
 
 _T = TypeVar("_T")
 
@@ -38,3 +39,10 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def positive_seconds(value: object) -> bool:
+    """Whether *value* is a usable interval or timeout: a finite ``int``/``float`` > 0, no bool."""
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    )

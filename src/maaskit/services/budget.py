@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import calendar
 import itertools
-import math
 import os
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
@@ -53,7 +52,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import attrs
 import structlog
 
-from maaskit._tasks import cancel_and_wait
+from maaskit._tasks import cancel_and_wait, positive_seconds
 from maaskit.clock import Clock
 from maaskit.errors import MaasError, QuotaExceededError, ValidationError
 from maaskit.storage.ports.limits import (
@@ -444,12 +443,6 @@ class DefaultBudgetLedger:
         )
 
 
-def _positive_seconds(value: object) -> bool:
-    return (
-        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    )
-
-
 class ReservationSweeper:
     """Gives back budget reservations nobody settled in time (a crashed replica's), periodically.
 
@@ -491,9 +484,9 @@ class ReservationSweeper:
         batch_size: int = 1000,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        if not _positive_seconds(timeout):
+        if not positive_seconds(timeout):
             raise ValidationError("config.invalid", setting="reservation_timeout", reason=_CFG_TIMEOUT)
-        if not _positive_seconds(interval):
+        if not positive_seconds(interval):
             raise ValidationError(
                 "config.invalid", setting="reservation_sweep_interval", reason=_CFG_INTERVAL
             )

@@ -40,7 +40,6 @@ path refuse new work before that happens.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime
@@ -51,6 +50,7 @@ from typing import Final, Literal, Protocol, Self, get_args, runtime_checkable
 import attrs
 import structlog
 
+from maaskit._tasks import positive_seconds
 from maaskit.clock import Clock
 from maaskit.errors import UnavailableError, ValidationError
 from maaskit.money import MAX_MICROS, from_micros
@@ -487,9 +487,9 @@ class DefaultUsageService:
         overflow: OverflowPolicy = "refuse",
         retry_delay: float | None = None,
     ) -> None:
-        if not _positive_seconds(flush_interval):
+        if not positive_seconds(flush_interval):
             raise ValidationError("config.invalid", setting="usage.flush_interval", reason=_CFG_INTERVAL)
-        if retry_delay is not None and not _positive_seconds(retry_delay):
+        if retry_delay is not None and not positive_seconds(retry_delay):
             raise ValidationError("config.invalid", setting="usage.retry_delay", reason=_CFG_RETRY)
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValidationError("config.invalid", setting="usage.batch_size", reason=_CFG_BATCH)
@@ -773,12 +773,6 @@ _CFG_RETRY = "usage retry_delay must be a positive number of seconds"
 _CFG_BATCH = "usage batch_size must be a positive integer"
 _CFG_MAX = "usage max_buffer must be an integer >= batch_size"
 _CFG_POLICY = "usage overflow must be 'refuse' or 'drop_oldest'"
-
-
-def _positive_seconds(value: object) -> bool:
-    return (
-        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    )
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:
