@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from maaskit.adapters._http import (
     MAX_AUTHORIZATION_LENGTH,
+    _checked_bearer_credential,
     bearer_credential,
     error_body,
     error_response,
@@ -168,6 +169,30 @@ def test_any_header_yields_a_clean_credential_or_a_refusal_without_it(
     assert " " not in got
     assert not got.lower().startswith("bearer")
     assert got in header
+
+
+def _outcome(parse: object, header: str) -> tuple[str, str]:
+    try:
+        return ("ok", parse(header))  # type: ignore[operator]
+    except UnauthenticatedError as error:
+        return (error.code, str(error.params.get("reason")))
+
+
+@given(
+    header=st.one_of(
+        st.builds(
+            lambda a, b: a + b, st.sampled_from(["Bearer ", "Bearer  ", "Bearer\t"]), st.text(max_size=40)
+        ),
+        st.builds(lambda t: "Bearer " + t, _TOKEN),
+        st.builds(lambda t: "Bearer " + t, st.text(alphabet=string.printable, max_size=300)),
+        st.builds(lambda t: "Bearer bearer" + t, _TOKEN),
+    )
+)
+def test_the_fast_path_answers_exactly_as_the_checked_path(header: str) -> None:
+    """``bearer_credential``'s shortcut for ``Bearer <token>`` never changes an answer."""
+    assert _outcome(bearer_credential, header) == _outcome(
+        lambda h: _checked_bearer_credential(h, None), header
+    )
 
 
 # -- error_response ----------------------------------------------------------------------------

@@ -125,7 +125,20 @@ class Usage:
     @classmethod
     def from_reported(cls, value: Any) -> Usage | None:
         """Parse an OpenAI ``usage`` object; ``None`` when absent or malformed."""
-        if not isinstance(value, Mapping):
+        if value.__class__ is dict:  # a parsed body: plain ints within range need no more checks
+            prompt = value.get("prompt_tokens")
+            completion = value.get("completion_tokens")
+            total = value.get("total_tokens")
+            if (
+                prompt.__class__ is int
+                and completion.__class__ is int
+                and total.__class__ is int
+                and prompt >= 0
+                and completion >= 0
+                and total >= 0
+            ):
+                return cls(prompt, completion, total, "reported")
+        elif not isinstance(value, Mapping):
             return None
         prompt = value.get("prompt_tokens")
         completion = value.get("completion_tokens", 0)
@@ -694,8 +707,16 @@ class DefaultAiApiService:
                 method, url, headers=headers, json_body=payload, timeout=timeouts, stream=stream
             )
 
+        retry = self._retry
         try:
-            resp = await self._retry.call(attempt, self._clock, name=self._upstream.name)
+            # the first attempt made here (RetryPolicy.call, unrolled: this runs on every request)
+            try:
+                resp = await attempt()
+            except TransportConnectError as exc:
+                resp = await retry.resume(exc, attempt, self._clock, name=self._upstream.name)
+            else:
+                if resp.status in retry.retry_statuses:  # should_retry's answer for a response
+                    resp = await retry.resume(resp, attempt, self._clock, name=self._upstream.name)
         except TransportError as exc:
             breaker.record_failure(probe)
             raise self._transport_error(exc) from None

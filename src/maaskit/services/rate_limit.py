@@ -757,6 +757,8 @@ class GateDecision:
         if self._rates is None and source is not None:
             # an admission: the same figures as the per-rate decisions, without building them
             checks, _estimate, levels, _now = source
+            if not checks:  # a key without rate limits
+                return {}
             fastest: dict[str, tuple[int, int, int]] = {}  # kind -> (limit, remaining, reset ms)
             for (limit, _cost), level in zip(checks, levels, strict=True):
                 remaining, reset_ms = _window(limit, level)

@@ -286,6 +286,7 @@ class AiohttpTransport:
         self._ssl = ssl
         self._session: aiohttp.ClientSession | None = None
         self._client_timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
+        self._default_client_timeout: Any = None  # set with the session
         self._urls: dict[str, Any] = {}
 
     def _get_session(self) -> aiohttp.ClientSession:
@@ -307,6 +308,7 @@ class AiohttpTransport:
                 auto_decompress=True,
             )
             self._session = session
+            self._default_client_timeout = self._client_timeout(self._timeouts)
         return session
 
     def _client_timeout(self, timeouts: Timeouts) -> aiohttp.ClientTimeout:
@@ -341,17 +343,25 @@ class AiohttpTransport:
         stream: bool = False,
     ) -> UpstreamResponse:
         """Send one request through the pooled session (see :class:`UpstreamTransport`)."""
-        import aiohttp
+        session = self._session
+        if session is None or session.closed:
+            session = self._get_session()
+        if timeout is None:
+            import aiohttp
 
-        session = self._get_session()
-        client_timeout = self._client_timeout(timeout) if timeout is not None else None
+            client_timeout: Any = aiohttp.helpers.sentinel
+        elif timeout is self._timeouts:  # the usual case: no hashing of the Timeouts
+            client_timeout = self._default_client_timeout
+        else:
+            client_timeout = self._client_timeout(timeout)
+        target = self._urls.get(url)
         try:
             resp = await session.request(
                 method,
-                self._url(url),
+                target if target is not None else self._url(url),
                 data=json_body,
                 headers=headers,
-                timeout=client_timeout if client_timeout is not None else aiohttp.helpers.sentinel,
+                timeout=client_timeout,
                 allow_redirects=False,
             )
             if not stream or not 200 <= resp.status < 300:
@@ -791,6 +801,23 @@ class RetryPolicy:
             first: UpstreamResponse | BaseException = await attempt()
         except TransportConnectError as exc:
             first = exc
+        return await self.resume(first, attempt, clock, name=name)
+
+    async def resume(
+        self,
+        first: UpstreamResponse | BaseException,
+        attempt: Callable[[], Awaitable[UpstreamResponse]],
+        clock: Clock,
+        *,
+        name: str = "upstream",
+    ) -> UpstreamResponse:
+        """Go on with a call whose first attempt (made by the caller) gave *first*.
+
+        ``call(attempt)`` is ``resume(<outcome of attempt()>, attempt)``: a hot path can make the
+        first attempt itself and come here only when :meth:`should_retry` says a retry is due.
+        Returns the last response; raises the last exception (*first* itself when it is one and
+        no retry is due).
+        """
         if self.max_attempts == 1 or not self.should_retry(first):
             if isinstance(first, BaseException):
                 raise first
