@@ -412,7 +412,8 @@ class GatewayApp:
     ) -> None:
         gw = self._gw
         try:
-            await gw._services()
+            if not gw._resolved:
+                await gw._services()
             admission = await gw.admission.admit(credential, body.get("model"), body)  # type: ignore[arg-type]
         except MaasError as error:
             await _send_error(send, error, locale)
