@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from maaskit.errors import MaasError
 from maaskit.settings import Settings
+
+if TYPE_CHECKING:
+    from maaskit.gateway import GatewayApp
 
 __all__ = ["main"]
 
@@ -57,7 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
     from maaskit.gateway import create_gateway
 
     app = create_gateway(_settings(args))
-    _tune_gc()
+    _tune_gc_after_startup(app)
     uvicorn.run(
         app,
         host=args.host,
@@ -72,6 +76,26 @@ def _serve(args: argparse.Namespace) -> int:
         proxy_headers=False,
     )
     return 0
+
+
+def _tune_gc_after_startup(app: GatewayApp) -> None:
+    """Run :func:`_tune_gc` once the app has started, so that what start-up built is frozen too.
+
+    Frozen before start-up, everything the lifespan creates (the services, the database engine,
+    the HTTP client's modules) stayed in the collector: the first full collection under load then
+    walked it, a 40-60 ms pause measured at concurrency 10.
+    """
+    inner = app.control.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(starlette: Any) -> AsyncIterator[Any]:
+        async with inner(starlette) as state:
+            if _has("aiohttp"):
+                import aiohttp  # noqa: F401 - imported by the first upstream call otherwise
+            _tune_gc()
+            yield state
+
+    app.control.router.lifespan_context = lifespan
 
 
 def _tune_gc() -> None:

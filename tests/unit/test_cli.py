@@ -1,3 +1,4 @@
+import gc
 import io
 import json
 from pathlib import Path
@@ -37,3 +38,35 @@ async def test_demo_runs_on_embedded_sqlite() -> None:
     text = out.getvalue()
     assert "budget.exceeded" in text
     assert "usage report" in text
+
+
+async def test_serve_freezes_what_start_up_built(tmp_path: Path) -> None:
+    """``maaskit serve`` tunes the collector once the app has started, not before."""
+    from collections.abc import AsyncIterator
+    from contextlib import asynccontextmanager
+    from typing import Any
+
+    from maaskit.cli import _tune_gc_after_startup
+    from maaskit.gateway import create_gateway
+    from maaskit.testing import test_settings
+
+    app = create_gateway(test_settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/gc.db"))
+    built: list[list[int]] = []
+
+    @asynccontextmanager
+    async def start_up(_app: Any) -> AsyncIterator[dict[str, Any]]:
+        built.append([1, 2, 3])  # a container made during start-up (tracked by the collector)
+        yield {}
+
+    app.control.router.lifespan_context = start_up
+    _tune_gc_after_startup(app)
+    threshold = gc.get_threshold()
+    try:
+        assert not built
+        async with app.control.router.lifespan_context(app.control):
+            frozen_out = id(built[0]) not in {id(o) for o in gc.get_objects()}
+            assert frozen_out  # in the permanent generation: no collection walks it
+            assert gc.get_threshold()[0] == 10_000
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
