@@ -28,12 +28,13 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 import attrs
@@ -362,6 +363,9 @@ class DefaultAdmissionService:
         self._clock = clock
         # the system clock's monotonic() is time.monotonic(): call it directly on the hot path
         self._monotonic = time.monotonic if type(clock) is SystemClock else clock.monotonic
+        self._now: Callable[[], datetime] = (
+            functools.partial(datetime.now, UTC) if type(clock) is SystemClock else clock.now
+        )
         self._default_max_tokens = default_max_tokens
         self._max_cap = default_max_tokens * 64  # larger caps are refused (see _max_tokens)
         self._estimator = estimator or CharTokenEstimator()
@@ -532,7 +536,7 @@ class DefaultAdmissionService:
         latency = int((self._monotonic() - admission.started) * 1000)
         if latency < 0:
             latency = 0
-        created_at = self._clock.now()
+        created_at = self._now()
         entry = self._plans.get(key.id)
         if (
             entry is not None
