@@ -74,6 +74,8 @@ def _serve(args: argparse.Namespace) -> int:
         # X-Forwarded-For is honoured by maaskit itself, for MAASKIT_TRUSTED_PROXIES only: uvicorn
         # must not rewrite the peer address first (it trusts loopback peers by default)
         proxy_headers=False,
+        # no "server: uvicorn" banner: it tells a scanner what runs here, and costs every response
+        server_header=False,
     )
     return 0
 

@@ -153,6 +153,8 @@ async def test_maaskit_serve_subprocess_end_to_end(tmp_path: Path) -> None:
                 # the data plane states the length: no chunked framing for the client to undo
                 assert raw.headers["content-length"] == str(len(raw.content))
                 assert "transfer-encoding" not in raw.headers
+                assert "server" not in raw.headers  # no banner naming the software
+                assert "date" in raw.headers
                 stream = await client.chat.completions.create(
                     model="fake-model",
                     messages=MESSAGES,
