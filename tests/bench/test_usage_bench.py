@@ -24,7 +24,8 @@ RECORDS_PER_ROUND = 100_000
 ROWS = 50_000
 
 
-def make_records(n: int, prefix: str = "r") -> list[UsageRecord]:
+def make_records(n: int, prefix: str = "r", start: int = 0) -> list[UsageRecord]:
+    """*n* records one second apart from ``T0 + start`` seconds (time-ordered, as traffic is)."""
     return [
         UsageRecord(
             request_id=f"{prefix}{i:08d}",
@@ -37,7 +38,7 @@ def make_records(n: int, prefix: str = "r") -> list[UsageRecord]:
             completion_tokens=20 + i % 30,
             total_tokens=120 + i % 50 + i % 30,
             cost_micros=1000 + i % 777,
-            created_at=T0 + timedelta(seconds=i),
+            created_at=T0 + timedelta(seconds=start + i),
         )
         for i in range(n)
     ]
@@ -75,7 +76,11 @@ def test_flush_rows_per_second_into_sqlite_file(benchmark: Any, tmp_path: Path, 
 
     def setup() -> tuple[tuple[DefaultUsageService], dict[str, Any]]:
         service = DefaultUsageService(store, SystemClock(), batch_size=batch_size, max_buffer=ROWS)
-        for r in make_records(ROWS, prefix=f"round{next(rounds)}-"):
+        # each round goes on where the last one stopped: usage arrives in time order, so the
+        # (key, model, team) x created_at indexes grow at their ends, as in a running gateway
+        # (rounds that rewrote the same hours interleaved every index: -35 % by the sixth round)
+        round_no = next(rounds)
+        for r in make_records(ROWS, prefix=f"round{round_no}-", start=round_no * ROWS):
             service.record(r)
         return (service,), {}
 
