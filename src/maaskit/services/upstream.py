@@ -286,7 +286,9 @@ class AiohttpTransport:
         self._ssl = ssl
         self._session: aiohttp.ClientSession | None = None
         self._client_timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
-        self._default_client_timeout: Any = None  # set with the session
+        # the last Timeouts object asked for and its ClientTimeout (looked up without hashing)
+        self._last_timeouts: Timeouts | None = None
+        self._last_client_timeout: Any = None
         self._urls: dict[str, Any] = {}
 
     def _get_session(self) -> aiohttp.ClientSession:
@@ -308,7 +310,6 @@ class AiohttpTransport:
                 auto_decompress=True,
             )
             self._session = session
-            self._default_client_timeout = self._client_timeout(self._timeouts)
         return session
 
     def _client_timeout(self, timeouts: Timeouts) -> aiohttp.ClientTimeout:
@@ -350,10 +351,11 @@ class AiohttpTransport:
             import aiohttp
 
             client_timeout: Any = aiohttp.helpers.sentinel
-        elif timeout is self._timeouts:  # the usual case: no hashing of the Timeouts
-            client_timeout = self._default_client_timeout
+        elif timeout is self._last_timeouts:  # the usual case: a service's one Timeouts object
+            client_timeout = self._last_client_timeout
         else:
-            client_timeout = self._client_timeout(timeout)
+            client_timeout = self._last_client_timeout = self._client_timeout(timeout)
+            self._last_timeouts = timeout
         target = self._urls.get(url)
         try:
             resp = await session.request(
