@@ -405,11 +405,8 @@ class GatewayApp:
             scope.setdefault("state", {})[_PARSED_BODY] = body
             await self.control(scope, _replay(raw, receive), send)
             return
-        await self._complete(credential, body, raw, send, locale)
-
-    async def _complete(
-        self, credential: str, body: dict[str, Any], raw: bytes, send: Send, locale: str
-    ) -> None:
+        # The completion itself, in this coroutine: every frame between the server's task and
+        # the upstream call is walked again at each resumption while the upstream answers.
         gw = self._gw
         try:
             if not gw._resolved:
