@@ -700,24 +700,17 @@ class DefaultAiApiService:
     ) -> UpstreamResponse:
         breaker = self._breaker
         probe = breaker.before_call()
-        transport = self._transport
-        timeouts = self._timeouts
-
-        def attempt() -> Awaitable[UpstreamResponse]:
-            return transport.request(
-                method, url, headers=headers, json_body=payload, timeout=timeouts, stream=stream
-            )
-
-        retry = self._retry
         try:
             # the first attempt made here (RetryPolicy.call, unrolled: this runs on every request)
             try:
-                resp = await attempt()
+                resp = await self._transport.request(
+                    method, url, headers=headers, json_body=payload, timeout=self._timeouts, stream=stream
+                )
             except TransportConnectError as exc:
-                resp = await retry.resume(exc, attempt, self._clock, name=self._upstream.name)
+                resp = await self._retry_after(exc, method, url, headers, payload, stream)
             else:
-                if resp.status in retry.retry_statuses:  # should_retry's answer for a response
-                    resp = await retry.resume(resp, attempt, self._clock, name=self._upstream.name)
+                if resp.status in self._retry.retry_statuses:  # should_retry's answer for a response
+                    resp = await self._retry_after(resp, method, url, headers, payload, stream)
         except TransportError as exc:
             breaker.record_failure(probe)
             raise self._transport_error(exc) from None
@@ -733,6 +726,26 @@ class DefaultAiApiService:
         else:
             breaker.record_success(probe)
         self._raise_for_status(resp, model)
+
+    def _retry_after(
+        self,
+        first: UpstreamResponse | TransportConnectError,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        payload: bytes | None,
+        stream: bool,
+    ) -> Awaitable[UpstreamResponse]:
+        """The retry policy, taking over from :meth:`_send`'s first attempt (whose outcome is
+        *first*). A method of its own: the attempt closure is built only when a retry is due."""
+        transport, timeouts = self._transport, self._timeouts
+
+        def attempt() -> Awaitable[UpstreamResponse]:
+            return transport.request(
+                method, url, headers=headers, json_body=payload, timeout=timeouts, stream=stream
+            )
+
+        return self._retry.resume(first, attempt, self._clock, name=self._upstream.name)
 
     def _transport_error(self, exc: TransportError) -> MaasError:
         name = self._upstream.name
