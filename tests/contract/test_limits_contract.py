@@ -33,25 +33,16 @@ from maaskit.storage.memory.limits import MemoryLimitsStore
 from maaskit.storage.ports.limits import BudgetLine, LedgerStore, LimitsStore, ReserveRequest
 from maaskit.storage.sql import Database
 from maaskit.testing.clock import FakeClock
+from redis_support import redis_client
 
 
 async def _redis_store(url: str, prefix: str, clock: FakeClock) -> AsyncIterator[Any]:
-    import redis.asyncio as redis_asyncio
-
     from maaskit.storage.redis.limits import RedisLimitsStore
 
-    pool = redis_asyncio.BlockingConnectionPool.from_url(url, max_connections=50, timeout=30)
-    client = redis_asyncio.Redis(connection_pool=pool)
-    store = RedisLimitsStore(client, prefix=prefix, clock=clock)
-    await store.load_scripts()
-    try:
+    async with redis_client(url, prefix) as client:
+        store = RedisLimitsStore(client, prefix=prefix, clock=clock)
+        await store.load_scripts()
         yield store
-    finally:
-        keys = [key async for key in client.scan_iter(f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
-        await pool.disconnect()
 
 
 def _server(request: pytest.FixtureRequest) -> tuple[str, str, str]:

@@ -23,6 +23,7 @@ from maaskit.storage.ports.limits import (
 )
 from maaskit.storage.sql import Database
 from maaskit.testing.clock import FakeClock
+from redis_support import redis_client
 
 ROUNDS = 60
 T = TypeVar("T")
@@ -40,24 +41,14 @@ async def sweepable(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIt
     """Every backend with ``release_stale``."""
     kind = str(request.param)
     if kind == "redis":
-        import redis.asyncio as redis_asyncio
-
         from maaskit.storage.redis.limits import RedisLimitsStore
 
         url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
-        pool = redis_asyncio.BlockingConnectionPool.from_url(url, max_connections=50, timeout=30)
-        client = redis_asyncio.Redis(connection_pool=pool)
-        store = RedisLimitsStore(client, prefix=prefix, clock=clock)
-        twin = RedisLimitsStore(client, prefix=prefix, clock=clock)
-        await store.load_scripts()
-        try:
+        async with redis_client(url, prefix) as client:
+            store = RedisLimitsStore(client, prefix=prefix, clock=clock)
+            twin = RedisLimitsStore(client, prefix=prefix, clock=clock)
+            await store.load_scripts()
             yield Sweepable(store, twin)
-        finally:
-            keys = [key async for key in client.scan_iter(f"{prefix}*")]
-            if keys:
-                await client.delete(*keys)
-            await client.aclose()
-            await pool.disconnect()
         return
     from maaskit.storage.sql.budget import SqlLedgerStore
     from maaskit.storage.sql.limits import SqlBackedLimitsStore
@@ -251,14 +242,11 @@ async def test_concurrent_sweeps_release_each_reservation_once(
 async def test_redis_index_follows_admit_and_settle_and_drops_expired_hashes(
     redis_url: str, redis_prefix: str, clock: FakeClock
 ) -> None:
-    import redis.asyncio as redis_asyncio
-
     from maaskit.storage.redis.limits import RedisLimitsStore
 
-    client = redis_asyncio.Redis.from_url(redis_url)
-    store = RedisLimitsStore(client, prefix=redis_prefix, clock=clock)
-    index = f"{redis_prefix}resq"
-    try:
+    async with redis_client(redis_url, redis_prefix) as client:
+        store = RedisLimitsStore(client, prefix=redis_prefix, clock=clock)
+        index = f"{redis_prefix}resq"
         line = (BudgetLine("acct", 0, None, 1_000),)
         assert (await store.reserve(ReserveRequest("r1", 100, line))).ok
         assert (await store.reserve(ReserveRequest("r2", 200, line))).ok
@@ -271,8 +259,3 @@ async def test_redis_index_follows_admit_and_settle_and_drops_expired_hashes(
         assert await store.release_stale(_cutoff(clock)) == 0  # nothing to give back any more
         assert await client.zcard(index) == 0  # but the index does not keep it
         assert await _reserved(store) == (50, 200)  # (the lost hash's amount stays reserved)
-    finally:
-        keys = [key async for key in client.scan_iter(f"{redis_prefix}*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()

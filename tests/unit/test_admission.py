@@ -35,6 +35,7 @@ from maaskit.storage.memory.usage import MemoryUsageStore
 from maaskit.storage.ports.limits import AdmitOutcome, LimitsStore, RateOp, ReserveRequest
 from maaskit.storage.sql import Database
 from maaskit.testing.clock import FakeClock
+from redis_support import redis_client
 
 PEPPER = b"admission-test-pepper".ljust(32, b"!")
 MODEL = "gpt-4o-mini"
@@ -551,24 +552,14 @@ async def test_concurrent_admissions_admit_exactly_n_with_sql_budgets(
 async def test_concurrent_admissions_admit_exactly_n_with_redis(
     redis_url: str, redis_prefix: str, clock: FakeClock
 ) -> None:
-    import redis.asyncio as redis_asyncio
-
     from maaskit.storage.redis.limits import RedisLimitsStore
 
-    pool = redis_asyncio.BlockingConnectionPool.from_url(redis_url, max_connections=50, timeout=30)
-    client = redis_asyncio.Redis(connection_pool=pool)
-    store = RedisLimitsStore(client, prefix=redis_prefix, clock=clock)
-    await store.load_scripts()
-    try:
+    async with redis_client(redis_url, redis_prefix) as client:
+        store = RedisLimitsStore(client, prefix=redis_prefix, clock=clock)
+        await store.load_scripts()
         env = make_env(clock, store, default_max_tokens=100)
         assert not env.gate.synchronous
         await _exactly_n(env)
-    finally:
-        keys = [key async for key in client.scan_iter(f"{redis_prefix}*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
-        await pool.disconnect()
 
 
 async def test_the_largest_limits_a_key_accepts_are_limits_admission_can_apply(env: Env) -> None:
