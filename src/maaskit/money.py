@@ -14,7 +14,7 @@ Example::
 
 from __future__ import annotations
 
-from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal, DecimalException, InvalidOperation
 from typing import Final
 
 from maaskit.errors import ValidationError
@@ -36,6 +36,7 @@ MICROS_PER_UNIT: Final = 1_000_000
 _ONE: Final = Decimal(1)
 #: The largest amount maaskit accepts (fits a signed 64-bit column): about 9.2 trillion units.
 MAX_MICROS: Final = 2**63 - 1
+_MAX_UNITS: Final = Decimal(MAX_MICROS + 1) / MICROS_PER_UNIT  # exact: 9223372036854.775808
 
 
 def to_micros(
@@ -59,7 +60,14 @@ def to_micros(
         raise ValidationError("money.invalid", field=field, reason="not a decimal number") from None
     if not value.is_finite():
         raise ValidationError("money.invalid", field=field, reason="must be finite")
-    micros = int((value * MICROS_PER_UNIT).to_integral_value(rounding=rounding))
+    # the range first: scaling "1e999999" (or converting it to an int) would overflow the decimal
+    # context or build a million-digit integer
+    if value.copy_abs() > _MAX_UNITS:
+        raise ValidationError("money.invalid", field=field, reason="out of range")
+    try:
+        micros = int((value * MICROS_PER_UNIT).to_integral_value(rounding=rounding))
+    except DecimalException:  # e.g. a rounding mode the context cannot apply
+        raise ValidationError("money.invalid", field=field, reason="not a decimal number") from None
     if abs(micros) > MAX_MICROS:
         raise ValidationError("money.invalid", field=field, reason="out of range")
     return micros

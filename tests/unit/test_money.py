@@ -23,6 +23,24 @@ def test_bad_amounts_are_refused(bad: object) -> None:
     assert info.value.code == "money.invalid"
 
 
+@pytest.mark.parametrize(
+    "huge", ["1e999999999", "-1e999999999", "1e99999", "9" * 5000, Decimal("9223372036854.775808")]
+)
+def test_amounts_beyond_the_range_are_refused_before_any_arithmetic(huge: object) -> None:
+    # "1e999999999" overflowed the decimal context (a 500 in the gateway); "1e99999" was
+    # converted to a 100,000-digit integer before the range check
+    with pytest.raises(ValidationError) as info:
+        to_micros(huge)  # type: ignore[arg-type]
+    assert info.value.code == "money.invalid"
+    assert "out of range" in str(info.value)
+
+
+def test_the_range_ends_exactly_at_max_micros() -> None:
+    assert to_micros("9223372036854.775807") == MAX_MICROS
+    assert to_micros("-9223372036854.775807") == -MAX_MICROS
+    assert to_micros("1e-999999999") == 0  # rounds to zero micro-units, like any tiny amount
+
+
 @pytest.mark.parametrize("bad", [1.0, -1, "5", None, True, MAX_MICROS + 1])
 def test_parse_micros_refuses_non_integers_and_negatives(bad: object) -> None:
     with pytest.raises(ValidationError):

@@ -88,7 +88,8 @@ def validate_price(value: object, *, field: str, maximum: Decimal = MAX_PRICE_PE
         normalized = price.normalize()
         exp = normalized.as_tuple().exponent
         assert isinstance(exp, int)
-        if -exp > _MAX_PLACES:
+        # (a price below the context's smallest exponent normalises to zero: still too precise)
+        if -exp > _MAX_PLACES or (price and not normalized):
             raise ValidationError(
                 "pricing.invalid", field=field, reason=f"at most {_MAX_PLACES} decimal places"
             )
