@@ -46,7 +46,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from maaskit.adapters import starlette as mk
-from maaskit.adapters._http import check_declared_length, parse_json_object
+from maaskit.adapters._http import check_declared_length, parse_json_object, parse_time
 from maaskit.app import AppService
 from maaskit.errors import ForbiddenError, MaasError, UnauthenticatedError, ValidationError
 from maaskit.services.access_requests import AccessRequest, AccessRequestService
@@ -211,18 +211,6 @@ def _req(body: dict[str, Any], name: str) -> str:
     value = _string(body, name)
     assert value is not None  # _string raises for a missing required field
     return value
-
-
-def _time(value: str | None, name: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValidationError("http.invalid_request", reason=f"{name} must be an ISO 8601 time") from None
-    if parsed.tzinfo is None:
-        raise ValidationError("http.invalid_request", reason=f"{name} needs a time zone")
-    return parsed
 
 
 def _limit(value: str | None, default: int = 100) -> int:
@@ -507,8 +495,8 @@ class AdminApi:
             actor=q.get("actor"),
             target=q.get("target"),
             action=q.get("action"),
-            since=_time(q.get("since"), "since"),
-            until=_time(q.get("until"), "until"),
+            since=parse_time(q.get("since"), "since"),
+            until=parse_time(q.get("until"), "until"),
             limit=_limit(q.get("limit")),
         )
         return JSONResponse({"data": [_event_dict(e) for e in events]}), None

@@ -10,7 +10,7 @@ import time
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Clock", "SystemClock"]
+__all__ = ["Clock", "SystemClock", "to_utc"]
 
 
 @runtime_checkable
@@ -49,3 +49,18 @@ class SystemClock:
 
     def __repr__(self) -> str:
         return "SystemClock()"
+
+
+def to_utc(value: datetime) -> datetime:
+    """*value*, an aware datetime, in UTC: what maaskit stores and compares.
+
+    Raises:
+        ValueError: *value* is naive ("must be timezone-aware"), or its UTC time is not a
+            ``datetime`` ("out of range": ``9999-12-31T23:59:59-14:00`` is in the year 10000).
+    """
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("must be timezone-aware")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("out of range") from None

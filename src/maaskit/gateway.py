@@ -36,7 +36,13 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from maaskit.adapters import starlette as mk
-from maaskit.adapters._http import bearer_credential, check_declared_length, error_response, parse_json_object
+from maaskit.adapters._http import (
+    bearer_credential,
+    check_declared_length,
+    error_response,
+    parse_json_object,
+    parse_time,
+)
 from maaskit.admin_api import AdminApi
 from maaskit.app import AppService, create_app
 from maaskit.errors import MaasError, ValidationError
@@ -146,8 +152,8 @@ class _Gateway:
                 admission, usage, status=status, streamed=True, upstream=self.upstream_name
             )
 
-        stream = self.ai.stream_chat_completion(upstream_body, on_complete=settle)
-        try:
+        try:  # serialising the body can fail too: nothing may keep the reservation
+            stream = self.ai.stream_chat_completion(upstream_body, on_complete=settle)
             await stream.start()
         except BaseException:
             await self.admission.release(admission, upstream=self.upstream_name)
@@ -232,7 +238,7 @@ class _Gateway:
             budget_micros=_budget(body),
             rpm_limit=_optional(body, "rpm_limit", int),
             tpm_limit=_optional(body, "tpm_limit", int),
-            expires_at=_datetime(body.get("expires_at")),
+            expires_at=parse_time(body.get("expires_at"), "expires_at"),
         )
         return JSONResponse({**key_to_dict(created.key), "secret": created.secret}, status_code=201)
 
@@ -283,8 +289,10 @@ class _Gateway:
     async def usage_report(self, request: Request) -> Response:
         await self._admin(request, "usage:read")
         params = request.query_params
-        start = _datetime(params.get("start")) or datetime.min.replace(tzinfo=self.app.clock.now().tzinfo)
-        end = _datetime(params.get("end")) or self.app.clock.now()
+        start = parse_time(params.get("start"), "start") or datetime.min.replace(
+            tzinfo=self.app.clock.now().tzinfo
+        )
+        end = parse_time(params.get("end"), "end") or self.app.clock.now()
         await self.usage.flush()
         rows = await self.usage.report(start, end, key_id=params.get("key_id"), model=params.get("model"))
         return JSONResponse(
@@ -335,20 +343,6 @@ def _budget(body: Mapping[str, Any]) -> int | None:
         raise ValidationError("money.invalid", field="budget", reason="give the amount as a decimal string")
     micros = to_micros(budget, field="budget")
     return parse_micros(micros, field="budget")
-
-
-def _datetime(value: object) -> datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ValidationError("http.invalid_request", reason="timestamps are ISO 8601 strings")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValidationError("http.invalid_request", reason="timestamps are ISO 8601 strings") from None
-    if parsed.tzinfo is None:
-        raise ValidationError("http.invalid_request", reason="timestamps need a time zone")
-    return parsed
 
 
 async def _root(_request: Request) -> Response:

@@ -268,6 +268,25 @@ async def test_json_nan_and_infinity_budgets_are_400_and_create_no_key(
     await _assert_nothing_written(gateway, keys=0)
 
 
+#: Valid ISO 8601 with a time zone, but their UTC time is not a datetime (year 10000 / year 0).
+UNREPRESENTABLE_TIMES = ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"]
+
+
+@pytest.mark.parametrize("when", UNREPRESENTABLE_TIMES)
+async def test_times_beyond_utc_are_400_and_write_nothing(gateway: Gateway, when: str) -> None:
+    # they were a 500: the storage layer's astimezone(UTC) overflowed
+    created = await gateway.admin.post(
+        "/admin/keys", json={"owner_id": "alice", "name": "k", "expires_at": when}
+    )
+    error = _error(created, 400, "http.invalid_request")
+    assert "expires_at is out of range" in error["message"]
+    for path, name in (("/admin/usage", "start"), ("/admin/usage", "end"), ("/admin/audit", "since")):
+        response = await gateway.admin.get(path, params={name: when})
+        error = _error(response, 400, "http.invalid_request")
+        assert f"{name} is out of range" in error["message"]
+    await _assert_nothing_written(gateway, keys=0)
+
+
 async def test_bad_budget_update_leaves_the_budget_unchanged(gateway: Gateway) -> None:
     key = await gateway.create_key(budget="0.01")
     for fields in ({"budget_micros": -5}, {"budget": 1.5}, {"budget": "NaN"}, {"budget_micros": 2.5}):
@@ -358,6 +377,48 @@ async def test_bad_json_bodies_are_400(gateway: Gateway, body: bytes, path: str)
     )
     _error(response, 400, "http.invalid_json")
     await _assert_nothing_written(gateway, keys=1)
+
+
+#: Nested within orjson's 1,024 levels, so it parses; serialising it again for the upstream
+#: overflows json.dumps' recursion limit on CPython 3.11 (a newer CPython may manage it).
+DEEP = b"[" * 1000 + b"]" * 1000
+DEEP_BODIES = {
+    "stream": b'{"model": "fake-model", "stream": true, "max_tokens": 4000, "x": ' + DEEP + b"}",
+    "null-cap": b'{"model": "fake-model", "max_tokens": null, "x": ' + DEEP + b"}",
+    "stripped-field": b'{"model": "fake-model", "api_base": "http://x", "max_tokens": 4000, "x": '
+    + DEEP
+    + b"}",
+    "embeddings": b'{"model": "fake-model", "input": "hi", "x": ' + DEEP + b"}",
+}
+
+
+@pytest.mark.parametrize("body", list(DEEP_BODIES.values()), ids=list(DEEP_BODIES))
+async def test_deeply_nested_bodies_are_never_a_500_and_hold_no_budget(gateway: Gateway, body: bytes) -> None:
+    # they were a 500 (RecursionError), and a failed stream set-up kept its reservation
+    hostile, fresh = await gateway.create_key(budget="1"), await gateway.create_key(budget="1")
+    path = "/v1/embeddings" if b'"input"' in body else "/v1/chat/completions"
+    served = 0
+    for _ in range(3):
+        response = await gateway.admin.post(
+            path,
+            content=body,
+            headers={"authorization": f"Bearer {hostile['secret']}", "content-type": "application/json"},
+        )
+        if response.status_code == 200:  # a CPython whose json.dumps goes deeper: served, charged
+            served += 1
+            continue
+        error = _error(response, 400)
+        assert error["code"] in ("upstream.invalid_body", "admission.invalid_body"), error
+        assert "nested too deeply" in error["message"]
+    remaining = []
+    for key in (hostile, fresh):  # the same small call: the same budget left unless one was held
+        response = await gateway.admin.post(
+            "/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {key['secret']}"}
+        )
+        assert response.status_code == 200, response.text
+        remaining.append(response.headers["x-maaskit-budget-remaining"])
+    if served == 0:
+        assert remaining[0] == remaining[1]
 
 
 async def test_body_over_the_limit_is_refused(gateway: Gateway) -> None:

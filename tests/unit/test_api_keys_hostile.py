@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -184,6 +184,7 @@ BAD_CREATE: list[dict[str, Any]] = [
     {"expires_at": datetime(2030, 1, 1)},
     {"expires_at": datetime(2000, 1, 1, tzinfo=UTC)},
     {"expires_at": "2030-01-01"},
+    {"expires_at": datetime.max.replace(tzinfo=timezone(-timedelta(hours=14)))},  # year 10000 in UTC
     {"metadata": {"k": 5}},
     {"metadata": {"k": "v\x00"}},
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -439,6 +439,8 @@ async def test_report_and_totals_delegate_to_the_store(clock: FakeClock) -> None
         ({"start": T0, "end": T0}, "end"),
         ({"start": T0 + timedelta(seconds=1), "end": T0}, "end"),
         ({"start": T0, "end": "tomorrow"}, "end"),
+        ({"start": T0, "end": datetime.max.replace(tzinfo=timezone(-timedelta(hours=14)))}, "end"),
+        ({"start": datetime.min.replace(tzinfo=timezone(timedelta(hours=14))), "end": T0}, "start"),
         ({**WIDE, "group_by": ("week",)}, "group_by"),
         ({**WIDE, "group_by": ("key", "key")}, "group_by"),
         ({**WIDE, "group_by": 3}, "group_by"),

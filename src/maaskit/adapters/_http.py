@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import orjson
 
+from maaskit.clock import to_utc
 from maaskit.errors import MaasError, UnauthenticatedError, ValidationError, http_status
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "error_body",
     "error_response",
     "parse_json_object",
+    "parse_time",
     "rate_limit_headers",
 ]
 
@@ -156,3 +159,26 @@ def parse_json_object(raw: bytes, limit: int) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ValidationError("http.invalid_json", reason="the body must be a JSON object")
     return body
+
+
+def parse_time(value: object, name: str) -> datetime | None:
+    """An ISO 8601 time with a time zone from a query string or a JSON body, in UTC (``None`` stays).
+
+    Raises:
+        ValidationError: ``http.invalid_request`` naming *name*: not an ISO 8601 string, no time
+            zone, or outside what a UTC ``datetime`` can hold (``9999-12-31T23:59:59-14:00``).
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError("http.invalid_request", reason=f"{name} must be an ISO 8601 time string")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationError("http.invalid_request", reason=f"{name} must be an ISO 8601 time") from None
+    if parsed.tzinfo is None:
+        raise ValidationError("http.invalid_request", reason=f"{name} needs a time zone")
+    try:
+        return to_utc(parsed)
+    except ValueError:
+        raise ValidationError("http.invalid_request", reason=f"{name} is out of range") from None

@@ -193,12 +193,17 @@ class Admission:
         from (as a server's request parser left it).
 
         Raises:
-            ValidationError: ``admission.invalid_body`` when *raw* does not end a JSON object.
+            ValidationError: ``admission.invalid_body`` when *raw* does not end a JSON object, or
+                when the body must be serialised again and is nested too deeply for that.
         """
         if body.get("max_tokens") is not None or body.get("max_completion_tokens") is not None:
             return raw
         if "max_tokens" in body or "max_completion_tokens" in body:  # a null cap: no duplicate key
-            return json.dumps(self.upstream_body(body), separators=(",", ":"), ensure_ascii=False).encode()
+            try:
+                text = json.dumps(self.upstream_body(body), separators=(",", ":"), ensure_ascii=False)
+            except RecursionError:  # orjson parses 1,024 levels; json.dumps stops near the stack limit
+                raise ValidationError("admission.invalid_body", reason="the body is nested too deeply") from None
+            return text.encode()
         end = raw.rstrip(b" \t\r\n")
         if not end.endswith(b"}"):
             raise ValidationError("admission.invalid_body", reason="the body is not a JSON object")

@@ -537,6 +537,8 @@ class DefaultAiApiService:
     def _dump(out: dict[str, Any]) -> bytes:
         try:
             return json.dumps(out, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        except RecursionError:  # orjson parses 1,024 levels; json.dumps stops near the stack limit
+            raise ValidationError("upstream.invalid_body", reason="the body is nested too deeply") from None
         except (TypeError, ValueError):
             raise ValidationError("upstream.invalid_body", reason="the body is not valid JSON data") from None
 

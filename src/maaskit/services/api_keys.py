@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from maaskit._tasks import shared_task
-from maaskit.clock import Clock, SystemClock
+from maaskit.clock import Clock, SystemClock, to_utc
 from maaskit.errors import ConflictError, NotFoundError, UnauthenticatedError, ValidationError
 from maaskit.money import parse_micros
 from maaskit.services.model_names import is_valid_model_name
@@ -375,8 +375,12 @@ def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
 def _check_expiry(value: object, now: datetime) -> datetime | None:
     if value is None:
         return None
-    if not isinstance(value, datetime) or value.tzinfo is None:
+    if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
         raise _invalid("expires_at", "must be a timezone-aware datetime")
+    try:
+        value = to_utc(value)
+    except ValueError as exc:  # beyond year 9999 in UTC
+        raise _invalid("expires_at", str(exc)) from None
     if value <= now:
         raise _invalid("expires_at", "must be in the future")
     return value

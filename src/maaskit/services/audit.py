@@ -27,7 +27,7 @@ from typing import Protocol, runtime_checkable
 import attrs
 import structlog
 
-from maaskit.clock import Clock, SystemClock
+from maaskit.clock import Clock, SystemClock, to_utc
 from maaskit.errors import ValidationError
 from maaskit.storage.ports.audit import AuditQuery, AuditStore, StoredAuditEvent
 
@@ -257,8 +257,11 @@ class DefaultAuditLog:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_QUERY_LIMIT:
             raise ValidationError("audit.invalid_limit", limit=str(limit)[:16], max=MAX_QUERY_LIMIT)
         for bound in (since, until):
-            if bound is not None and bound.tzinfo is None:
-                raise ValidationError("audit.invalid_range")
+            if bound is not None:
+                try:
+                    to_utc(bound)  # aware, and within what UTC datetimes hold
+                except ValueError:
+                    raise ValidationError("audit.invalid_range") from None
         if since is not None and until is not None and since > until:
             raise ValidationError("audit.invalid_range")
         rows = await self._store.query(

@@ -178,6 +178,8 @@ async def set_json(cache: CacheService, key: str, value: Any, ttl: float | None 
     """
     try:
         data = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except RecursionError:
+        raise ValidationError("cache.invalid_value", reason="nested too deeply to serialise") from None
     except (TypeError, ValueError) as exc:
         raise ValidationError("cache.invalid_value", reason=f"not JSON-serialisable: {exc}") from None
     await cache.set(key, data.encode("utf-8"), ttl)

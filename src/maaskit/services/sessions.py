@@ -200,7 +200,7 @@ def _check_data(data: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ValidationError("session.invalid_data", reason="data must be a mapping with string keys")
     try:
         encoded = json.dumps(dict(data), separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         raise ValidationError("session.invalid_data", reason="data must be JSON-serialisable") from None
     if len(encoded.encode()) > MAX_DATA_BYTES:
         raise ValidationError("session.invalid_data", reason=f"data must be at most {MAX_DATA_BYTES} bytes")

@@ -51,7 +51,7 @@ import attrs
 import structlog
 
 from maaskit._tasks import positive_seconds
-from maaskit.clock import Clock
+from maaskit.clock import Clock, to_utc
 from maaskit.errors import UnavailableError, ValidationError
 from maaskit.money import MAX_MICROS, from_micros
 from maaskit.storage.ports.usage import UsageStore
@@ -118,8 +118,10 @@ def _check_count(field: str, value: object, maximum: int = _MAX_INT) -> None:
 def _check_aware(field: str, value: object) -> None:
     if not isinstance(value, datetime):
         raise _invalid(field, "must be a datetime")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise _invalid(field, "must be timezone-aware")
+    try:
+        to_utc(value)  # aware, and a UTC datetime exists (not beyond year 9999 or before year 1)
+    except ValueError as exc:
+        raise _invalid(field, str(exc)) from None
 
 
 @attrs.frozen

@@ -212,7 +212,7 @@ class FakeUpstream:
         authorized = lowered.pop("authorization", None) == self._auth
         try:
             parsed = json.loads(body) if body else None
-        except ValueError:
+        except (ValueError, RecursionError):
             parsed = None
         self.requests.append(
             RecordedRequest(method, path, lowered, authorized, body, parsed, lowered.get("host"))
