@@ -15,7 +15,7 @@ Example::
 
     from maaskit.errors import NotFoundError
 
-    raise NotFoundError("user.not_found", user_id="u_123")
+    raise NotFoundError("users.not_found", user_id="u_123")
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Localised error messages.
 
 Messages live in JSON catalogs shipped inside the package, one folder per locale and one
-file per domain: ``maaskit/locales/en/gateway.json``, ``maaskit/locales/de/gateway.json``.
+file per domain: ``maaskit/locales/en/limits.json``, ``maaskit/locales/de/limits.json``.
 Each maps an error code to a message with ``{named}`` placeholders filled from the error's
 ``params``. English is the fallback for a locale or code that has no entry.
 
@@ -10,7 +10,15 @@ Example::
     from maaskit.i18n import Localizer
 
     loc = Localizer()
-    loc.render("budget.exceeded", {"limit": "5.00"}, locale="de")
+    params = {
+        "account": "key:key_1",
+        "requested_micros": 250_000,
+        "available_micros": 100_000,
+        "limit_micros": 5_000_000,
+    }
+    loc.render("budget.exceeded", params, locale="de")
+    # 'Budget für key:key_1 überschritten: 250000 Mikro-Dollar angefordert,
+    #  100000 von 5000000 in diesem Zeitraum übrig.'
 """
 
 from __future__ import annotations
