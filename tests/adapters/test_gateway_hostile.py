@@ -350,6 +350,36 @@ async def test_caller_supplied_upstream_fields_are_ignored(gateway: Gateway, cap
     captured.assert_free_of("sk-caller-supplied-secret", key["secret"])
 
 
+DUPLICATED_KEYS = {
+    "model": b'{"model": "not-allowed", "model": "fake-model", "messages": [{"role": "user", "content": "hi"}]',
+    "escaped-model": b'{"\\u006dodel": "not-allowed", "model": "fake-model", '
+    b'"messages": [{"role": "user", "content": "hi"}]',
+    "max-tokens": b'{"model": "fake-model", "max_tokens": 99999, "max_tokens": 5, '
+    b'"messages": [{"role": "user", "content": "hi"}]',
+}
+
+
+@pytest.mark.parametrize("head", list(DUPLICATED_KEYS.values()), ids=list(DUPLICATED_KEYS))
+async def test_the_upstream_reads_exactly_what_admission_checked(gateway: Gateway, head: bytes) -> None:
+    # The client's bytes were forwarded as they were: an upstream whose JSON parser keeps the
+    # first duplicate (or refuses duplicates) read another model or cap than the one checked.
+    key = await gateway.create_key(allowed_models=["fake-model"])
+    response = await gateway.admin.post(
+        "/v1/chat/completions",
+        content=head + b"}",
+        headers={"authorization": f"Bearer {key['secret']}", "content-type": "application/json"},
+    )
+    assert response.status_code == 200, response.text
+    [forwarded] = gateway.fake.requests
+    assert forwarded.body.count(b'"model"') == 1
+    assert b"\\u" not in forwarded.body
+    assert b"not-allowed" not in forwarded.body
+    assert forwarded.json["model"] == "fake-model"
+    if b"max_tokens" in head:
+        assert forwarded.body.count(b'"max_tokens"') == 1
+        assert forwarded.json["max_tokens"] == 5
+
+
 # -- bodies ----------------------------------------------------------------------------------------
 
 BAD_BODIES = {

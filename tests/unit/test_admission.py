@@ -13,6 +13,8 @@ from typing import Any
 
 import attrs
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from maaskit.errors import (
     ForbiddenError,
@@ -451,6 +453,73 @@ async def test_a_null_cap_counts_as_absent_and_the_upstream_gets_the_reserved_ca
     with pytest.raises(ValidationError) as caught:
         await env.service.admit(secret, MODEL, {**base, "max_completion_tokens": None, "max_tokens": "9"})
     assert caught.value.code == "admission.invalid_max_tokens"
+
+
+async def test_n_choices_multiply_the_reserved_completion_tokens(env: Env) -> None:
+    # n=128 with max_tokens=1000 reserved 1,000 completion tokens; the upstream could return 128,000
+    secret, key = await env.key(budget_micros=10_000)
+    base = {"model": MODEL, "messages": BODY["messages"]}
+    one = await env.service.admit(secret, MODEL, {**base, "max_tokens": 10})
+    four = await env.service.admit(secret, MODEL, {**base, "max_tokens": 10, "n": 4})
+    assert (one.choices, four.choices) == (1, 4)
+    assert four.max_tokens == 10  # the cap of one choice, as the upstream gets it
+    assert one.reserved_micros == PROMPT + 10 * 2
+    assert four.reserved_micros == PROMPT + 4 * 10 * 2
+    defaulted = await env.service.admit(secret, MODEL, {**base, "n": 3})  # the default cap, per choice
+    assert defaulted.reserved_micros == PROMPT + 3 * 100 * 2
+    assert defaulted.upstream_body({**base, "n": 3})["max_tokens"] == 100
+    null = await env.service.admit(secret, MODEL, {**base, "n": None, "max_tokens": 10})
+    assert (null.choices, null.reserved_micros) == (1, one.reserved_micros)
+    balance = await env.store.balance("key:" + key.id, 0)
+    assert balance.reserved_micros == sum(a.reserved_micros for a in (one, four, defaulted, null))
+
+
+async def test_both_caps_are_checked_and_the_larger_is_reserved(env: Env) -> None:
+    # max_completion_tokens=5 with max_tokens=10**9 reserved 5 tokens and forwarded both
+    secret, _ = await env.key(budget_micros=10_000)
+    base = {"model": MODEL, "messages": BODY["messages"]}
+    both = await env.service.admit(secret, MODEL, {**base, "max_completion_tokens": 5, "max_tokens": 9})
+    assert both.max_tokens == 9
+    assert both.reserved_micros == PROMPT + 9 * 2
+    reversed_ = await env.service.admit(secret, MODEL, {**base, "max_completion_tokens": 9, "max_tokens": 5})
+    assert reversed_.max_tokens == 9
+    for bad in (10**9, 0, -1, True, 2.5, "5"):
+        with pytest.raises(ValidationError) as caught:
+            await env.service.admit(secret, MODEL, {**base, "max_completion_tokens": 5, "max_tokens": bad})
+        assert caught.value.code == "admission.invalid_max_tokens"
+        assert "max_tokens" in str(caught.value)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 129, True, 1.0, "2", [2]])
+async def test_bad_n_is_refused_before_anything_is_reserved(env: Env, bad: object) -> None:
+    secret, key = await env.key(budget_micros=10_000)
+    with pytest.raises(ValidationError) as caught:
+        await env.service.admit(secret, MODEL, {**BODY, "n": bad})
+    assert caught.value.code == "admission.invalid_body"
+    assert "n must be an integer from 1 to 128" in str(caught.value)
+    assert (await env.store.balance("key:" + key.id, 0)).reserved_micros == 0
+
+
+@given(
+    cap=st.one_of(st.none(), st.integers(1, 6400)),
+    other=st.one_of(st.none(), st.integers(1, 6400)),
+    choices=st.one_of(st.none(), st.integers(1, 128)),
+)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+async def test_the_reservation_covers_every_completion_the_upstream_may_return(
+    env: Env, cap: int | None, other: int | None, choices: int | None
+) -> None:
+    # whichever cap the upstream honours, n choices of it cost at most what was reserved
+    secret, _ = await env.key()
+    body: dict[str, Any] = {"model": MODEL, "messages": BODY["messages"]}
+    for name, value in (("max_completion_tokens", cap), ("max_tokens", other), ("n", choices)):
+        if value is not None:
+            body[name] = value
+    admission = await env.service.admit(secret, MODEL, body)
+    sent = admission.upstream_body(body)
+    honoured = [v for v in (sent.get("max_completion_tokens"), sent.get("max_tokens")) if v is not None]
+    worst = max(honoured) * (choices or 1)
+    assert admission.reserved_micros == PRICES[MODEL].cost_micros(admission.prompt_tokens_estimate, worst)
 
 
 def test_default_max_tokens_is_validated(clock: FakeClock) -> None:

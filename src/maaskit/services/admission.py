@@ -4,8 +4,9 @@
 
 1. the API key is validated (malformed / unknown / revoked / disabled / expired);
 2. the model name is checked (well-formed, allowed for the key, priced);
-3. the request's maximum cost is computed: prompt estimate + ``max_tokens`` (a configured cap
-   when the request has none, so the maximum exists) at the model's prices;
+3. the request's maximum cost is computed: prompt estimate + ``max_tokens`` x ``n`` completion
+   tokens (a configured cap when the request has none, so the maximum exists; the larger of
+   ``max_tokens`` and ``max_completion_tokens`` when both are given) at the model's prices;
 4. rate limits (requests and tokens per minute) and the budget reservation of that maximum
    cost are applied in one atomic step (:class:`~maaskit.services.rate_limit.LimitsGate`: one
    Redis round trip with the Redis backend).
@@ -53,6 +54,7 @@ from maaskit.services.tokens_estimate import CharTokenEstimator, TokenEstimator
 from maaskit.services.usage import MAX_ID_LENGTH, UsageRecord, UsageService
 
 __all__ = [
+    "MAX_CHOICES",
     "MAX_MODEL_NAME_LENGTH",
     "USE_MODELS",
     "Admission",
@@ -68,6 +70,8 @@ __all__ = [
 
 #: Bounds of the per-service caches (validated model names / upstream names, per-key plans).
 _MAX_CACHED_NAMES: Final = 4096
+#: The most completions one request may ask for (``n``; OpenAI's own limit).
+MAX_CHOICES: Final = 128
 _MAX_CACHED_PLANS: Final = 100_000
 _MAX_COUNT: Final = 2**63 - 1
 _MAX_LATENCY_MS: Final = 2**31 - 1
@@ -142,12 +146,16 @@ class Admission:
         request_id: unique id (usage is recorded idempotently under it).
         key: the validated API key.
         model: the requested model.
-        max_tokens: the completion-token cap the upstream gets (the request's or the default).
+        max_tokens: the completion-token cap of one choice the upstream gets (the request's, the
+            larger of ``max_completion_tokens`` and ``max_tokens`` when both are given, or the
+            default).
         prompt_tokens_estimate: the prompt estimate used for the reservation.
         reserved_micros: the maximum cost reserved on the budget.
         decision: the rate-limit and budget decision (``headers()`` renders it).
         started: monotonic start time (latency is measured from it).
         settled: whether settle or release already ran.
+        choices: the completions asked for (``n``); the reservation covers ``max_tokens`` x
+            ``choices`` completion tokens.
     """
 
     request_id: str
@@ -159,6 +167,7 @@ class Admission:
     decision: GateDecision
     started: float
     settled: bool = False
+    choices: int = 1
 
     def headers(self) -> dict[str, str]:
         """``x-ratelimit-*`` headers for the response (what OpenAI clients read)."""
@@ -202,7 +211,9 @@ class Admission:
             try:
                 text = json.dumps(self.upstream_body(body), separators=(",", ":"), ensure_ascii=False)
             except RecursionError:  # orjson parses 1,024 levels; json.dumps stops near the stack limit
-                raise ValidationError("admission.invalid_body", reason="the body is nested too deeply") from None
+                raise ValidationError(
+                    "admission.invalid_body", reason="the body is nested too deeply"
+                ) from None
             return text.encode()
         end = raw.rstrip(b" \t\r\n")
         if not end.endswith(b"}"):
@@ -385,18 +396,35 @@ class DefaultAdmissionService:
     def __repr__(self) -> str:
         return f"DefaultAdmissionService(default_max_tokens={self._default_max_tokens})"
 
-    def _max_tokens(self, body: Mapping[str, Any]) -> int:
-        # max_completion_tokens first; a null is the same as an absent field (as upstreams read it)
-        value = body.get("max_completion_tokens")
-        if value is None:
-            value = body.get("max_tokens")
-        if value is None:
-            return self._default_max_tokens
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValidationError("admission.invalid_max_tokens", reason="must be a positive integer")
-        if value > self._max_cap:
-            raise ValidationError("admission.invalid_max_tokens", reason="larger than any model allows")
-        return value
+    def _output_caps(self, body: Mapping[str, Any]) -> tuple[int, int]:
+        """The completion cap of one choice and the number of choices (``n``) of *body*.
+
+        The reservation covers cap x ``n`` completion tokens. Both ``max_completion_tokens`` and
+        ``max_tokens`` are checked when both are given, and the larger counts: an upstream may
+        honour either. A ``null`` is the same as an absent field (as upstreams read it).
+        """
+        caps = []
+        for name in ("max_completion_tokens", "max_tokens"):
+            value = body.get(name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValidationError(
+                    "admission.invalid_max_tokens", reason=f"{name} must be a positive integer"
+                )
+            if value > self._max_cap:
+                raise ValidationError(
+                    "admission.invalid_max_tokens", reason=f"{name} is larger than any model allows"
+                )
+            caps.append(value)
+        choices = body.get("n")
+        if choices is None:
+            choices = 1
+        elif isinstance(choices, bool) or not isinstance(choices, int) or not 1 <= choices <= MAX_CHOICES:
+            raise ValidationError(
+                "admission.invalid_body", reason=f"n must be an integer from 1 to {MAX_CHOICES}"
+            )
+        return (max(caps) if caps else self._default_max_tokens), choices
 
     def _check_model(self, model: object) -> None:
         validate_model_name(model)
@@ -441,34 +469,39 @@ class DefaultAdmissionService:
         price = entry.prices.get(model) if model.__class__ is str else None
         if price is None:  # the first request of this key for this model, or not a static price
             price = await self._price_for(key, entry, model)
+        choices = 1
         if max_output_tokens is not None:
-            max_tokens = max_output_tokens
-        else:  # _max_tokens(body), with its common cases inlined
+            max_tokens = output = max_output_tokens
+        else:  # _output_caps(body), with its common case inlined: at most one cap, no n
             cap = body.get("max_completion_tokens")
+            other = body.get("max_tokens")
             if cap is None:
-                cap = body.get("max_tokens")
-            if cap is None:
-                max_tokens = self._default_max_tokens
-            elif cap.__class__ is int and 0 < cap <= self._max_cap:
-                max_tokens = cap
-            else:
-                max_tokens = self._max_tokens(body)  # (raises the precise error)
+                cap, other = other, None
+            if (
+                other is None
+                and body.get("n") is None
+                and (cap is None or (cap.__class__ is int and 0 < cap <= self._max_cap))
+            ):
+                max_tokens = output = self._default_max_tokens if cap is None else cap
+            else:  # (raises the precise error)
+                max_tokens, choices = self._output_caps(body)
+                output = max_tokens * choices
         prompt = self._prompt_tokens(body)
         if prices is None:
-            reserve = self._pricing.max_cost_micros(model, prompt, max_tokens)
+            reserve = self._pricing.max_cost_micros(model, prompt, output)
         elif (
             prompt.__class__ is int
             and 0 <= prompt <= MAX_TOKENS
-            and max_tokens.__class__ is int
-            and 0 <= max_tokens <= MAX_TOKENS
+            and output.__class__ is int
+            and 0 <= output <= MAX_TOKENS
         ):  # StaticPricing.max_cost_micros is the price's cost_micros; inlined for counts in range
-            reserve = -(-(prompt * price._in + max_tokens * price._out + price._req) // price._den)
+            reserve = -(-(prompt * price._in + output * price._out + price._req) // price._den)
         else:  # (the checking call says what is wrong)
-            reserve = price.cost_micros(prompt, max_tokens)
+            reserve = price.cost_micros(prompt, output)
         if self._authorizer is not None and entry.authorized_until < self._monotonic():
             await self._authorize(key, entry)
         request_id = next(_ids)  # new_request_id(); also names the reservation
-        estimate = prompt + max_tokens
+        estimate = prompt + output
         gate = self._sync_gate
         if gate is not None:
             acquire = entry.plan._acquire  # the plan compiled by this gate (see _compile_acquire)
@@ -485,7 +518,9 @@ class DefaultAdmissionService:
         refusal = decision._refusal
         if refusal is not None:
             raise refusal
-        return Admission(request_id, key, model, max_tokens, prompt, reserve, decision, self._monotonic())
+        return Admission(
+            request_id, key, model, max_tokens, prompt, reserve, decision, self._monotonic(), False, choices
+        )
 
     async def _price_for(self, key: ApiKey, entry: _KeyPlan, model: str) -> ModelPrice:
         """Check *model* for *key* (name, allow-list, catalog, price); remember a static price."""
