@@ -181,7 +181,7 @@ def _parser() -> argparse.ArgumentParser:
     create = keys_sub.add_parser("create", help="create a key and print its secret (shown once)")
     create.add_argument("--owner", required=True)
     create.add_argument("--team")
-    create.add_argument("--name", default="")
+    create.add_argument("--name", required=True, help="a name for the key (1 to 256 characters)")
     create.add_argument("--models", help="comma-separated allowed models (default: all)")
     create.add_argument("--budget", help="budget in USD, e.g. 5.00")
     create.add_argument("--rpm", type=int, help="requests per minute")

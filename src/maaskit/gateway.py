@@ -43,6 +43,7 @@ from maaskit.adapters._http import (
     error_response,
     parse_json_object,
     parse_time,
+    repeated_header,
 )
 from maaskit.admin_api import AdminApi
 from maaskit.app import AppService, create_app
@@ -231,10 +232,13 @@ class _Gateway:
         owner = body.get("owner_id")
         if not isinstance(owner, str):
             raise ValidationError("http.invalid_request", reason="owner_id must be a string")
+        name = body.get("name")
+        if not isinstance(name, str):
+            raise ValidationError("http.invalid_request", reason="name is required (1 to 256 characters)")
         created = await self.keys.create(
             owner,
             team_id=_optional(body, "team_id", str),
-            name=_optional(body, "name", str) or "",
+            name=name,
             allowed_models=tuple(_optional(body, "allowed_models", list) or ()),
             budget_micros=_budget(body),
             rpm_limit=_optional(body, "rpm_limit", int),
@@ -378,17 +382,23 @@ class GatewayApp:
             await self.control(scope, receive, send)
             return
         locale = "en"
-        authorization = api_key = declared = None
+        authorization = api_key = declared = repeated = None
         for name, value in scope["headers"]:
             if name == b"authorization":
+                if authorization is not None:
+                    repeated = "Authorization"
                 authorization = value.decode("latin-1")
             elif name == b"content-length":
                 declared = value.decode("latin-1")
             elif name == b"api-key":
+                if api_key is not None:
+                    repeated = "api-key"
                 api_key = value.decode("latin-1")
             elif name == b"accept-language":
                 locale = self._gw.app.localizer.negotiate(value.decode("latin-1"))
         try:
+            if repeated is not None:
+                raise repeated_header(repeated)
             credential = bearer_credential(authorization, api_key_header=api_key)
             check_declared_length(declared, self._limit)
             raw = await _read_body(receive, self._limit)

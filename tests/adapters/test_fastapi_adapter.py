@@ -16,7 +16,7 @@ import structlog.testing
 
 pytest.importorskip("fastapi")
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
@@ -234,6 +234,33 @@ def test_validation_errors_can_stay_fastapi_422(app_service: AppService) -> None
 
     with TestClient(api) as test_client:
         assert test_client.get("/n", params={"value": "x"}).status_code == 422
+
+
+@pytest.mark.parametrize("openai_http_errors", [True, False])
+def test_http_exceptions_get_an_openai_body_unless_opted_out(
+    app_service: AppService, openai_http_errors: bool
+) -> None:
+    api = FastAPI(lifespan=mk.lifespan(app_service))
+    mk.install(api, openai_http_errors=openai_http_errors)
+
+    @api.get("/gone")
+    async def gone() -> None:
+        raise HTTPException(410, detail="this model was retired")
+
+    with TestClient(api) as test_client:
+        missing, retired = test_client.get("/nope"), test_client.get("/gone")
+    assert (missing.status_code, retired.status_code) == (404, 410)
+    if openai_http_errors:
+        assert missing.json()["error"]["code"] == "http.not_found"
+        assert retired.json()["error"] == {
+            "message": "this model was retired",
+            "type": "validation",
+            "code": "http.error",
+            "param": None,
+        }
+    else:  # FastAPI's own {"detail": ...}
+        assert missing.json() == {"detail": "Not Found"}
+        assert retired.json() == {"detail": "this model was retired"}
 
 
 # -- health ------------------------------------------------------------------------------------

@@ -315,6 +315,14 @@ def test_credential_from_bearer_or_api_key_header(client: FlaskClient) -> None:
     assert client.get("/whoami", headers={"api-key": "mk_1234"}).get_json() == {"length": 7}
 
 
+def test_a_repeated_credential_header_is_refused(client: FlaskClient) -> None:
+    # WSGI joins repeated headers with ", " (one environ entry), which no credential may contain
+    for name, value in (("Authorization", "Bearer mk_12345"), ("api-key", "mk_1234")):
+        response = client.get("/whoami", headers=[(name, value), (name, value + "9")])
+        assert response.status_code == 401
+        assert response.get_json()["error"]["code"] == "auth.malformed"
+
+
 # -- admission end to end ----------------------------------------------------------------------
 
 

@@ -147,6 +147,33 @@ async def test_hostile_authorization_headers_are_401_and_write_nothing(
     captured.assert_free_of(secret[3:40])
 
 
+@pytest.mark.parametrize("name", ["authorization", "api-key"])
+@pytest.mark.parametrize("valid_first", [True, False])
+async def test_a_repeated_credential_header_is_401_on_every_route(
+    gateway: Gateway, name: str, valid_first: bool
+) -> None:
+    # The data plane kept the last copy and Starlette the first: a valid key next to a bogus
+    # one passed on one route and failed on the others, depending on their order.
+    key = await gateway.create_key()
+    valid = f"Bearer {key['secret']}" if name == "authorization" else key["secret"]
+    bogus = "Bearer mk_bogus" if name == "authorization" else "mk_bogus"
+    values = [valid, bogus] if valid_first else [bogus, valid]
+    headers = [(name, value) for value in values]
+    async with httpx.AsyncClient(base_url=gateway.base) as client:
+        responses = [
+            await client.post("/v1/chat/completions", json=CHAT, headers=headers),
+            await client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=headers),
+            await client.post("/v1/embeddings", json={"model": "fake-model", "input": "x"}, headers=headers),
+            await client.get("/v1/models", headers=headers),
+            await client.get("/admin/keys", headers=headers),
+        ]
+    for response in responses:
+        error = _error(response, 401, "auth.malformed")
+        label = "Authorization" if name == "authorization" else "api-key"
+        assert f"more than one {label} header" in error["message"]
+    await _assert_nothing_written(gateway, keys=1)
+
+
 async def test_missing_authorization_is_401_auth_missing(gateway: Gateway) -> None:
     async with httpx.AsyncClient(base_url=gateway.base) as anonymous:
         response = await anonymous.post("/v1/chat/completions", json=CHAT)
@@ -329,6 +356,12 @@ async def test_caller_supplied_upstream_fields_are_ignored(gateway: Gateway, cap
         "base_url": "http://evil.example/v1",
         "api_key": "sk-caller-supplied-secret",
         "extra_headers": {"authorization": "Bearer sk-caller-supplied-secret"},
+        # LiteLLM's client-side router config and fallbacks (for a LiteLLM upstream)
+        "user_config": {
+            "model_list": [{"model_name": "x", "litellm_params": {"api_base": "http://evil.example/v1"}}]
+        },
+        "fallbacks": ["gpt-4-expensive"],
+        "aws_sts_endpoint": "http://evil.example",
     }
     response = await gateway.admin.post(
         "/v1/chat/completions",
@@ -344,6 +377,8 @@ async def test_caller_supplied_upstream_fields_are_ignored(gateway: Gateway, cap
     assert "api_base" not in forwarded.json
     assert "base_url" not in forwarded.json
     assert "api_key" not in forwarded.json
+    assert not {"user_config", "fallbacks", "aws_sts_endpoint"} & set(forwarded.json)
+    assert b"evil.example" not in forwarded.body
     assert b"sk-caller-supplied-secret" not in forwarded.body
     assert key["secret"].encode() not in forwarded.body
     assert "x-upstream-url" not in forwarded.headers
@@ -378,6 +413,16 @@ async def test_the_upstream_reads_exactly_what_admission_checked(gateway: Gatewa
     if b"max_tokens" in head:
         assert forwarded.body.count(b'"max_tokens"') == 1
         assert forwarded.json["max_tokens"] == 5
+
+
+async def test_unknown_paths_and_wrong_methods_get_openai_error_bodies(gateway: Gateway) -> None:
+    # they were Starlette's text/plain "Not Found" / "Method Not Allowed"
+    for path in ("/v1/nope", "/admin/keys/x/../y/z", "/v1/chat/completions/extra"):
+        _error(await gateway.admin.get(path), 404, "http.not_found")
+    wrong = await gateway.admin.get("/v1/chat/completions")
+    _error(wrong, 405, "http.method_not_allowed")
+    assert wrong.headers["allow"] == "POST"
+    await _assert_nothing_written(gateway, keys=0)
 
 
 # -- bodies ----------------------------------------------------------------------------------------
@@ -479,6 +524,14 @@ async def test_bad_bodies_on_admin_create_write_nothing(gateway: Gateway) -> Non
         _error(response, 400)
     big = b'{"owner_id": "a", "name": "' + b"x" * (65 * 1024) + b'"}'
     _error(await gateway.admin.post("/admin/keys", content=big), 400, "http.body_too_large")
+    for fields in ({"owner_id": "bob"}, {"owner_id": "bob", "name": None}, {"owner_id": "bob", "name": 5}):
+        nameless = _error(await gateway.admin.post("/admin/keys", json=fields), 400, "http.invalid_request")
+        assert "name is required" in nameless["message"]
+    _error(
+        await gateway.admin.post("/admin/keys", json={"owner_id": "bob", "name": ""}),
+        400,
+        "api_key.invalid_field",
+    )
     await _assert_nothing_written(gateway, keys=0)
 
 

@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("starlette")
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -87,6 +88,10 @@ async def boom(request: Request) -> Response:
     raise UnavailableError("app.not_started", retry_after=30)
 
 
+async def teapot(request: Request) -> Response:
+    raise HTTPException(418, detail="short and stout", headers={"x-pot": "1"})
+
+
 async def chat(request: Request) -> Response:
     maas = mk.get_app(request)
     body = await request.json()
@@ -100,7 +105,7 @@ async def chat(request: Request) -> Response:
     return Response(result.body, headers=admission.headers(), media_type="application/json")
 
 
-def _make(app_service: AppService) -> Starlette:
+def _make(app_service: AppService, **install: bool) -> Starlette:
     routes = [
         Route("/health", mk.health),
         Route("/whoami", whoami),
@@ -108,10 +113,11 @@ def _make(app_service: AppService) -> Starlette:
         Route("/scoped-fail", scoped_then_fail),
         Route("/scoped-stream", scoped_stream),
         Route("/boom/{kind}", boom),
+        Route("/teapot", teapot),
         Route("/v1/chat/completions", chat, methods=["POST"]),
     ]
     app = Starlette(routes=routes, lifespan=mk.lifespan(app_service))
-    mk.install(app)
+    mk.install(app, **install)
     return app
 
 
@@ -189,6 +195,45 @@ def test_errors_are_rendered_in_the_callers_language(client: TestClient) -> None
     assert english != german
     unknown = client.get("/boom/rate", headers={"accept-language": "xx"}).json()["error"]["message"]
     assert unknown == english
+
+
+def test_router_errors_get_an_openai_body_with_their_status(client: TestClient) -> None:
+    missing = client.get("/no/such/route")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/json"
+    assert missing.json() == {
+        "error": {
+            "message": "No such endpoint.",
+            "type": "not_found",
+            "code": "http.not_found",
+            "param": None,
+        }
+    }
+    wrong = client.get("/v1/chat/completions")
+    assert wrong.status_code == 405
+    assert wrong.headers["allow"] == "POST"
+    assert wrong.json()["error"]["code"] == "http.method_not_allowed"
+    german = client.get("/no/such/route", headers={"accept-language": "de"}).json()["error"]["message"]
+    assert german == "Diesen Endpunkt gibt es nicht."
+
+
+def test_an_endpoints_http_exception_keeps_its_status_detail_and_headers(client: TestClient) -> None:
+    response = client.get("/teapot")
+    assert response.status_code == 418
+    assert response.headers["x-pot"] == "1"
+    assert response.json()["error"] == {
+        "message": "short and stout",
+        "type": "validation",
+        "code": "http.error",
+        "param": None,
+    }
+
+
+def test_http_errors_can_keep_starlettes_own_bodies(app_service: AppService) -> None:
+    with TestClient(_make(app_service, openai_http_errors=False)) as plain:
+        response = plain.get("/no/such/route")
+    assert response.status_code == 404
+    assert response.text == "Not Found"
 
 
 # -- health ------------------------------------------------------------------------------------

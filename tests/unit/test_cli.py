@@ -70,3 +70,48 @@ async def test_serve_freezes_what_start_up_built(tmp_path: Path) -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
+
+
+def test_keys_create_list_and_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/keys.db"
+    assert main(["migrate", "--database-url", url]) == 0
+    capsys.readouterr()
+    keys = ["keys", "--database-url", url]
+    create = [*keys, "create", "--owner", "alice", "--name", "laptop", "--budget", "5.00"]
+    assert main(create) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert created["secret"].startswith("mk_")
+    assert (created["owner_id"], created["name"], created["budget_micros"]) == ("alice", "laptop", 5_000_000)
+    assert main(["keys", "--database-url", url, "list"]) == 0
+    assert [k["id"] for k in json.loads(capsys.readouterr().out)] == [created["id"]]
+    assert main(["keys", "--database-url", url, "revoke", created["id"]]) == 0
+    assert json.loads(capsys.readouterr().out)["revoked_at"] is not None
+    assert main(["keys", "--database-url", url, "list"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def test_keys_create_needs_a_name_and_refuses_bad_budgets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/keys.db"
+    assert main(["migrate", "--database-url", url]) == 0
+    with pytest.raises(SystemExit) as usage:  # it used to default to "" and fail as "Invalid name"
+        main(["keys", "--database-url", url, "create", "--owner", "alice"])
+    assert usage.value.code == 2
+    assert "--name" in capsys.readouterr().err
+    bad = [
+        "keys",
+        "--database-url",
+        url,
+        "create",
+        "--owner",
+        "alice",
+        "--name",
+        "k",
+        "--budget",
+        "1e999999999",
+    ]
+    assert main(bad) == 2
+    assert "error [money.invalid]" in capsys.readouterr().err
+    assert main(["keys", "--database-url", url, "list"]) == 0
+    assert json.loads(capsys.readouterr().out) == []

@@ -54,10 +54,14 @@ async def test_chat_completion_and_usage(client: tuple[httpx.AsyncClient, FakeUp
     assert (await c.post("/chat/completions", json={"model": "m1"}, headers=AUTH)).status_code == 400
 
 
-async def test_a_body_too_deep_for_json_is_a_400_not_a_crash(client: tuple[httpx.AsyncClient, FakeUpstream]) -> None:
+async def test_a_body_too_deep_for_json_is_a_400_not_a_crash(
+    client: tuple[httpx.AsyncClient, FakeUpstream],
+) -> None:
     c, fake = client
     deep = b'{"model": "m1", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"  # RecursionError in json
-    resp = await c.post("/chat/completions", content=deep, headers={**AUTH, "content-type": "application/json"})
+    resp = await c.post(
+        "/chat/completions", content=deep, headers={**AUTH, "content-type": "application/json"}
+    )
     assert resp.status_code == 400
     assert resp.json()["error"]["message"] == "The body must be a JSON object."
     assert fake.requests[-1].json is None

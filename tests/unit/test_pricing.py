@@ -38,7 +38,20 @@ def test_per_request_price_and_decimal_inputs() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [0.5, float("nan"), True, "-0.1", "NaN", "Infinity", "-Infinity", "1e9", "abc", None, "1E-30", "1e-999999999"],
+    [
+        0.5,
+        float("nan"),
+        True,
+        "-0.1",
+        "NaN",
+        "Infinity",
+        "-Infinity",
+        "1e9",
+        "abc",
+        None,
+        "1E-30",
+        "1e-999999999",
+    ],
 )
 def test_bad_prices_are_refused(bad: object) -> None:
     with pytest.raises(ValidationError) as info:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +28,8 @@ __all__ = [
     "parse_json_object",
     "parse_time",
     "rate_limit_headers",
+    "repeated_header",
+    "single_header",
 ]
 
 #: Longer ``Authorization`` headers are refused before any parsing.
@@ -54,6 +56,25 @@ def bearer_credential(authorization: str | None, *, api_key_header: str | None =
         ):
             return credential
     return _checked_bearer_credential(authorization, api_key_header)
+
+
+def single_header(values: Sequence[str], name: str) -> str | None:
+    """The value of credential header *name* (``None`` when absent).
+
+    Raises:
+        UnauthenticatedError: ``auth.malformed`` when it is sent more than once: servers, proxies
+            and frameworks disagree on which copy counts, so none is trusted.
+    """
+    if not values:
+        return None
+    if len(values) > 1:
+        raise repeated_header(name)
+    return values[0]
+
+
+def repeated_header(name: str) -> UnauthenticatedError:
+    """The refusal of a credential header sent more than once (see :func:`single_header`)."""
+    return UnauthenticatedError("auth.malformed", reason=f"more than one {name} header")
 
 
 def _checked_bearer_credential(authorization: str | None, api_key_header: str | None) -> str:

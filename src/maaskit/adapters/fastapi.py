@@ -197,13 +197,16 @@ async def _validation_error_handler(request: Request, exc: Exception) -> Respons
     )
 
 
-def install(app: FastAPI, *, openai_validation_errors: bool = True) -> None:
+def install(app: FastAPI, *, openai_validation_errors: bool = True, openai_http_errors: bool = True) -> None:
     """Add maaskit's error handler and request-container middleware to *app*.
 
     With *openai_validation_errors* FastAPI's request validation errors become 400 responses
     with an OpenAI-style body (``http.invalid_request``) instead of FastAPI's 422 ``detail``.
+    With *openai_http_errors* an ``HTTPException`` (FastAPI's or Starlette's: an unknown path, a
+    wrong method, or one an endpoint raises) gets an OpenAI-style body too, its status kept
+    (see :func:`maaskit.adapters.starlette.http_error_handler`).
     """
-    _starlette.install(app)
+    _starlette.install(app, openai_http_errors=openai_http_errors)
     if openai_validation_errors:
         app.add_exception_handler(RequestValidationError, _validation_error_handler)
 

@@ -43,7 +43,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask, Response, current_app, g, jsonify, request
 
-from maaskit.adapters._http import bearer_credential, check_declared_length, error_response, parse_json_object
+from maaskit.adapters._http import (
+    bearer_credential,
+    check_declared_length,
+    error_response,
+    parse_json_object,
+    single_header,
+)
 from maaskit.app import AppService
 from maaskit.errors import MaasError, UnavailableError
 from maaskit.i18n import default_localizer
@@ -194,7 +200,10 @@ def maaskit_call(func: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any
 def credential() -> str:
     """The bearer credential of the current request (``Authorization: Bearer`` or ``api-key``)."""
     headers = request.headers
-    return bearer_credential(headers.get("Authorization"), api_key_header=headers.get("api-key"))
+    return bearer_credential(
+        single_header(headers.getlist("Authorization"), "Authorization"),
+        api_key_header=single_header(headers.getlist("api-key"), "api-key"),
+    )
 
 
 def container() -> Container:

@@ -23,16 +23,28 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from http import HTTPStatus
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from maaskit.adapters._http import bearer_credential, error_response
+from maaskit.adapters._http import bearer_credential, error_response, single_header
 from maaskit.app import AppService
-from maaskit.errors import MaasError, UnavailableError
+from maaskit.errors import (
+    ConflictError,
+    ForbiddenError,
+    InternalError,
+    MaasError,
+    NotFoundError,
+    RateLimitedError,
+    UnauthenticatedError,
+    UnavailableError,
+    ValidationError,
+)
 from maaskit.registry import Container
 
 __all__ = [
@@ -42,6 +54,7 @@ __all__ = [
     "credential",
     "get_app",
     "health",
+    "http_error_handler",
     "install",
     "lifespan",
     "maas_error_handler",
@@ -83,7 +96,10 @@ async def container(request: Request) -> Container:
 def credential(request: Request) -> str:
     """The bearer credential of the request (``Authorization: Bearer`` or ``api-key``)."""
     headers = request.headers
-    return bearer_credential(headers.get("authorization"), api_key_header=headers.get("api-key"))
+    return bearer_credential(
+        single_header(headers.getlist("authorization"), "Authorization"),
+        api_key_header=single_header(headers.getlist("api-key"), "api-key"),
+    )
 
 
 def locale(request: Request) -> str:
@@ -106,6 +122,37 @@ async def maas_error_handler(request: Request, exc: Exception) -> Response:
     return error_to_response(exc, locale(request))
 
 
+#: The error class whose body an ``HTTPException`` of that status gets (others: 4xx validation,
+#: 5xx internal).
+_BY_STATUS: dict[int, type[MaasError]] = {
+    401: UnauthenticatedError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    409: ConflictError,
+    429: RateLimitedError,
+    503: UnavailableError,
+}
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    """Exception handler: Starlette's ``HTTPException`` with an OpenAI-style body, status kept.
+
+    The router's own 404 and 405 become ``http.not_found`` and ``http.method_not_allowed``
+    (localised, ``Allow`` kept); an ``HTTPException`` an endpoint raises with its own detail
+    keeps that detail as the message (code ``http.error``).
+    """
+    assert isinstance(exc, HTTPException)
+    status = exc.status_code
+    cls = _BY_STATUS.get(status, ValidationError if status < 500 else InternalError)
+    if exc.detail == HTTPStatus(status).phrase and status in (404, 405):
+        error = cls("http.not_found" if status == 404 else "http.method_not_allowed")
+    else:
+        error = cls("http.error", detail=str(exc.detail))
+    _, body, headers = error_response(error, locale(request))
+    headers.update(exc.headers or {})
+    return Response(body, status_code=status, headers=headers)
+
+
 class RequestContainerMiddleware:
     """Pure ASGI middleware closing the request's container (if one was opened) after the response."""
 
@@ -124,9 +171,17 @@ class RequestContainerMiddleware:
                 await opened.aclose()
 
 
-def install(app: Starlette) -> None:
-    """Add maaskit's error handler and request-container middleware to *app*."""
+def install(app: Starlette, *, openai_http_errors: bool = True) -> None:
+    """Add maaskit's error handler and request-container middleware to *app*.
+
+    With *openai_http_errors* (the default) Starlette's ``HTTPException`` (an unknown path, a
+    wrong method, or one an endpoint raises) also gets an OpenAI-style error body, like every
+    :class:`MaasError` (see :func:`http_error_handler`); OpenAI clients then read every error the
+    same way.
+    """
     app.add_exception_handler(MaasError, maas_error_handler)
+    if openai_http_errors:
+        app.add_exception_handler(HTTPException, http_error_handler)
     app.add_middleware(RequestContainerMiddleware)
 
 

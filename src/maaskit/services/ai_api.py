@@ -98,6 +98,32 @@ STRIPPED_BODY_KEYS: frozenset[str] = frozenset(
         "custom_llm_provider",
         "deployment_id",
         "organization",
+        # LiteLLM's client-side routing and credentials: a whole router config with its own
+        # api_base/api_key, other models to fall back to (priced as the one asked for), and
+        # provider credentials and endpoints. Its proxy refuses most of them unless configured
+        # with allow_client_side_credentials; they are removed here whatever the upstream allows.
+        "user_config",
+        "model_list",
+        "fallbacks",
+        "context_window_fallback_dict",
+        "content_policy_fallbacks",
+        "azure_ad_token",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "aws_region_name",
+        "aws_role_name",
+        "aws_profile_name",
+        "aws_web_identity_token",
+        "aws_sts_endpoint",
+        "aws_bedrock_runtime_endpoint",
+        "vertex_credentials",
+        "vertex_ai_credentials",
+        "vertex_project",
+        "vertex_location",
+        "s3_endpoint_url",
+        "sagemaker_base_url",
+        "deployment_url",
     }
 )
 
