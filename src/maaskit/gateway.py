@@ -49,7 +49,7 @@ from maaskit.admin_api import AdminApi
 from maaskit.app import AppService, create_app
 from maaskit.errors import MaasError, ValidationError
 from maaskit.money import from_micros, micros_to_str, parse_micros, to_micros
-from maaskit.services.admission import Admission, AdmissionService
+from maaskit.services.admission import Admission, AdmissionService, SettleResult
 from maaskit.services.ai_api import AiApiService, ChatStream, Usage
 from maaskit.services.api_keys import ApiKey, ApiKeyService
 from maaskit.services.audit import AuditOutcome
@@ -130,17 +130,19 @@ class _Gateway:
         body = parsed if parsed is not None else await _json_body(request, self.settings.max_request_bytes)
         admission = await self.admission.admit(credential, body.get("model"), body)  # type: ignore[arg-type]
         upstream_body = admission.upstream_body(body)
-        headers = _headers(admission)
-        if body.get("stream") is True:
-            return await self._stream(admission, upstream_body, headers)
+        if body.get("stream") is True:  # its headers go out before its cost is known
+            return await self._stream(admission, upstream_body, _headers(admission))
         try:
             result = await self.ai.chat_completion(upstream_body)
         except BaseException:
             await self.admission.release(admission, upstream=self.upstream_name)
             raise
-        await self.admission.settle(admission, result.usage, upstream=self.upstream_name)
+        settled = await self.admission.settle(admission, result.usage, upstream=self.upstream_name)
         return Response(
-            result.body, status_code=result.status, headers=headers, media_type="application/json"
+            result.body,
+            status_code=result.status,
+            headers=_headers(admission, settled),
+            media_type="application/json",
         )
 
     async def _stream(
@@ -181,8 +183,8 @@ class _Gateway:
         except BaseException:
             await self.admission.release(admission, upstream=self.upstream_name)
             raise
-        await self.admission.settle(admission, result.usage, upstream=self.upstream_name)
-        return Response(result.body, headers=_headers(admission), media_type="application/json")
+        settled = await self.admission.settle(admission, result.usage, upstream=self.upstream_name)
+        return Response(result.body, headers=_headers(admission, settled), media_type="application/json")
 
     async def models(self, request: Request) -> Response:
         await self._services()
@@ -320,11 +322,20 @@ class _Gateway:
         )
 
 
-def _headers(admission: Admission) -> dict[str, str]:
+def _headers(admission: Admission, settled: SettleResult | None = None) -> dict[str, str]:
+    """The response's rate-limit headers and ``x-maaskit-budget-remaining``.
+
+    The budget left after the request: with *settled*, after its actual cost (the part of the
+    reservation it did not use is back, on every budget it was reserved on); without (a stream,
+    whose headers go out first), after its reservation.
+    """
     headers = admission.decision.headers()
     budgets = admission.decision.budget_available_micros  # what Admission.remaining reports
     if budgets:
-        headers["x-maaskit-budget-remaining"] = micros_to_str(min(budgets))
+        left = min(budgets)
+        if settled is not None and not settled.replayed:
+            left += admission.reserved_micros - settled.cost_micros
+        headers["x-maaskit-budget-remaining"] = micros_to_str(left)
     return headers
 
 
@@ -432,11 +443,11 @@ class GatewayApp:
                 await _send_error(send, exc, locale)
                 return
             raise
-        await gw.admission.settle(admission, result.usage, upstream=gw.upstream_name)
+        settled = await gw.admission.settle(admission, result.usage, upstream=gw.upstream_name)
         body_bytes = result.body
         # a known length spares every client the chunked framing uvicorn falls back to otherwise
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body_bytes))]
-        for name, value in _headers(admission).items():
+        for name, value in _headers(admission, settled).items():
             headers.append((name.encode("latin-1"), value.encode("latin-1")))
         await send({"type": "http.response.start", "status": result.status, "headers": headers})
         await send({"type": "http.response.body", "body": body_bytes})

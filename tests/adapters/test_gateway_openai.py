@@ -59,8 +59,10 @@ async def test_chat_completion_with_rate_limit_headers(gateway: Gateway) -> None
     assert raw.headers["x-ratelimit-reset-requests"]
     assert raw.headers["x-ratelimit-limit-tokens"] == "100000"
     assert int(raw.headers["x-ratelimit-remaining-tokens"]) < 100_000
-    # the budget header shows what is left after this request's reservation (max_tokens=16)
-    assert 0 < _budget_left(raw.headers) < 10_000
+    # the budget header shows what is left after this request's actual cost (it was settled
+    # before the response was sent)
+    cost = gateway.cost("fake-model", completion.usage.prompt_tokens, completion.usage.completion_tokens)
+    assert _budget_left(raw.headers) == 10_000 - cost
     # the upstream got the gateway's own key, the caller's body and nothing of the caller's key
     forwarded = gateway.fake.requests[-1]
     assert forwarded.path == "/v1/chat/completions"
@@ -68,6 +70,28 @@ async def test_chat_completion_with_rate_limit_headers(gateway: Gateway) -> None
     assert forwarded.json["messages"] == MESSAGES
     assert forwarded.json["max_tokens"] == 16
     assert key["secret"] not in forwarded.body.decode()
+
+
+async def test_a_streams_budget_header_counts_its_whole_reservation(gateway: Gateway) -> None:
+    # a stream's headers go out before its cost is known: what is left after its reservation
+    key = await gateway.create_key(budget="0.01")
+    body = {"model": "fake-model", "messages": MESSAGES, "max_tokens": 16}
+    async with (
+        httpx.AsyncClient(base_url=gateway.base, timeout=10) as raw_client,
+        raw_client.stream(
+            "POST", "/v1/chat/completions", json={**body, "stream": True}, headers=_auth(key["secret"])
+        ) as response,
+    ):
+        left_during = _budget_left(response.headers)
+        await response.aread()
+    rows = await gateway.usage(key_id=key["id"])
+    assert len(rows) == 1
+    assert left_during < 10_000 - rows[0]["cost_micros"]  # the reservation covered 16 tokens
+    later = await gateway.openai(key["secret"]).chat.completions.with_raw_response.create(**body)
+    usage = later.parse().usage
+    assert usage is not None
+    later_cost = gateway.cost("fake-model", usage.prompt_tokens, usage.completion_tokens)
+    assert _budget_left(later.headers) == 10_000 - rows[0]["cost_micros"] - later_cost
 
 
 async def test_missing_max_tokens_gets_the_configured_cap(gateway: Gateway) -> None:
