@@ -256,7 +256,7 @@ async def test_iterating_without_async_with_starts_and_closes(
 # -- SSE parsing under arbitrary chunking ------------------------------------------------------
 
 
-def _sse(include_usage_event: bool, crlf: bool) -> bytes:
+def _sse(include_usage_event: bool, ending: str) -> bytes:
     events = [
         {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}], "usage": None},
         {"choices": [{"index": 0, "delta": {"content": "héllo wörld, "}}], "usage": None},
@@ -269,7 +269,7 @@ def _sse(include_usage_event: bool, crlf: bool) -> bytes:
         )
     out = b"".join(b"data: " + json.dumps(e, ensure_ascii=False).encode() + b"\n\n" for e in events)
     out += b": keep-alive comment\n\ndata: [DONE]\n\n"
-    return out.replace(b"\n", b"\r\n") if crlf else out
+    return out.replace(b"\n", ending.encode())  # LF, CRLF or CR: all three end an SSE line
 
 
 def _chunked_service(data: bytes, cuts: list[int], clock: FakeClock) -> DefaultAiApiService:
@@ -292,12 +292,12 @@ def _chunked_service(data: bytes, cuts: list[int], clock: FakeClock) -> DefaultA
     cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=12),
     usage_event=st.booleans(),
     client_wants_usage=st.booleans(),
-    crlf=st.booleans(),
+    ending=st.sampled_from(["\n", "\r\n", "\r"]),
 )
 def test_any_chunking_gives_the_same_events_and_usage(
-    clock: FakeClock, cuts: list[int], usage_event: bool, client_wants_usage: bool, crlf: bool
+    clock: FakeClock, cuts: list[int], usage_event: bool, client_wants_usage: bool, ending: str
 ) -> None:
-    data = _sse(usage_event, crlf)
+    data = _sse(usage_event, ending)
     body: dict[str, object] = {**BODY}
     if client_wants_usage:
         body["stream_options"] = {"include_usage": True}
@@ -309,7 +309,7 @@ def test_any_chunking_gives_the_same_events_and_usage(
         return out, stream.usage
 
     out, usage = asyncio.run(run())
-    normalised = data.replace(b"\r\n", b"\n")
+    normalised = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     if usage_event and not client_wants_usage:
         assert b'"choices": []' not in out
         assert out == b"".join(
@@ -327,3 +327,113 @@ def test_any_chunking_gives_the_same_events_and_usage(
 
 def _unused(_f: Callable[..., object]) -> None:  # keep imports honest for linters
     return None
+
+
+# -- what an upstream may send that a stream must survive ----------------------------------------
+
+
+def _raw_service(
+    clock: FakeClock, chunks: list[bytes], content_type: str = "text/event-stream"
+) -> DefaultAiApiService:
+    async def body() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    def handler(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": content_type}, content=body())
+
+    transport = HttpxTransport(httpx.AsyncClient(transport=httpx.MockTransport(handler)), owns_client=True)
+    return DefaultAiApiService(Upstream(name="x", base_url="http://x.test/v1", api_key=KEY), transport, clock)
+
+
+USAGE_EVENT = b'{"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}'
+TEXT_EVENT = b'data: {"choices": [{"index": 0, "delta": {"content": "hello"}}]}\n\n'
+
+
+async def test_usage_split_over_several_data_lines_is_read_and_not_forwarded(clock: FakeClock) -> None:
+    # the SSE rule: an event's data lines are one payload, joined with LF
+    before, _, tail = USAGE_EVENT.partition(b", ")
+    head = before + b","  # a line break where JSON allows whitespace
+    ai = _raw_service(
+        clock, [TEXT_EVENT, b"data: " + head + b"\ndata: " + tail + b"\n\n", b"data: [DONE]\n\n"]
+    )
+    async with ai.stream_chat_completion(BODY) as stream:
+        out = b"".join([chunk async for chunk in stream])
+    assert stream.usage == Usage(7, 3, 10, "reported")
+    assert b"usage" not in out  # the client did not ask for it
+    assert out == TEXT_EVENT + b"data: [DONE]\n\n"
+
+
+async def test_a_malformed_usage_event_is_not_forwarded_either(clock: FakeClock) -> None:
+    bad = b'data: {"choices": [], "usage": {"prompt_tokens": -7, "completion_tokens": 3}}\n\n'
+    ai = _raw_service(clock, [TEXT_EVENT, bad, b"data: [DONE]\n\n"])
+    async with ai.stream_chat_completion(BODY) as stream:
+        out = b"".join([chunk async for chunk in stream])
+    assert out == TEXT_EVENT + b"data: [DONE]\n\n"
+    assert stream.usage is not None
+    assert stream.usage.source == "estimated"  # and the completion is the text delivered
+    assert stream.usage.completion_tokens == 2
+
+
+async def test_an_upstream_that_answers_a_stream_with_json_is_refused_before_any_byte(
+    clock: FakeClock,
+) -> None:
+    # it was forwarded as text/event-stream and billed on an estimate with no completion
+    whole = b'{"choices": [{"message": {"content": "hi"}}], "usage": ' + USAGE_EVENT[32:-1] + b"}"
+    ai = _raw_service(clock, [whole], content_type="application/json")
+    calls: list[Usage] = []
+    stream = ai.stream_chat_completion(BODY, on_complete=calls.append)
+    with pytest.raises(UpstreamError) as info:
+        await stream.start()
+    assert info.value.code == "upstream.invalid_response"
+    assert "JSON body" in str(info.value)
+    await stream.aclose()
+    assert calls == []  # never started: the caller releases the reservation
+
+
+async def test_an_event_beyond_the_limit_ends_the_stream_as_failed(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import maaskit.services.ai_api as ai_api
+
+    monkeypatch.setattr(ai_api, "MAX_EVENT_BYTES", 1000)
+    endless = [b"data: " + b"x" * 100] * 20  # one event that never ends
+    ai = _raw_service(clock, [TEXT_EVENT, *endless])
+    calls: list[Usage] = []
+    received: list[bytes] = []
+    stream = ai.stream_chat_completion(BODY, on_complete=calls.append)
+
+    async def consume() -> None:
+        async with stream:
+            async for chunk in stream:
+                received.append(chunk)
+
+    with pytest.raises(UpstreamError) as info:
+        await consume()
+    assert info.value.code == "upstream.invalid_response"
+    assert received == [TEXT_EVENT]
+    assert (stream.completed, stream.failed) == (False, True)
+    assert len(calls) == 1  # billed once, on what was delivered
+
+
+async def test_a_broken_stream_is_marked_failed(clock: FakeClock) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield TEXT_EVENT
+        raise httpx.ReadError("connection reset")
+
+    def handler(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body())
+
+    transport = HttpxTransport(httpx.AsyncClient(transport=httpx.MockTransport(handler)), owns_client=True)
+    ai = DefaultAiApiService(Upstream(name="x", base_url="http://x.test/v1", api_key=KEY), transport, clock)
+    stream = ai.stream_chat_completion(BODY)
+
+    async def consume() -> None:
+        async with stream:
+            async for _chunk in stream:
+                pass
+
+    with pytest.raises(UpstreamError) as info:
+        await consume()
+    assert info.value.code == "upstream.stream_interrupted"
+    assert (stream.completed, stream.failed) == (False, True)

@@ -37,7 +37,7 @@ import asyncio
 import inspect
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, Protocol, runtime_checkable
 
 import attrs
 import orjson
@@ -51,6 +51,7 @@ from maaskit.errors import (
     UpstreamError,
     ValidationError,
 )
+from maaskit.services.pricing import MAX_TOKENS
 from maaskit.services.tokens_estimate import CharTokenEstimator, TokenEstimator
 from maaskit.services.upstream import (
     CircuitBreaker,
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
     from maaskit.services.credentials import CredentialPool, Lease
 
 __all__ = [
+    "MAX_EVENT_BYTES",
     "STRIPPED_BODY_KEYS",
     "AiApiService",
     "ApiKeyCheck",
@@ -129,6 +131,10 @@ STRIPPED_BODY_KEYS: frozenset[str] = frozenset(
 
 _PENDING: set[asyncio.Task[Any]] = set()
 
+#: The longest server-sent event a stream may carry (bytes); a longer one ends the stream with
+#: ``upstream.invalid_response`` instead of growing the buffer without bound.
+MAX_EVENT_BYTES: Final = 16 * 1024 * 1024
+
 
 # --------------------------------------------------------------------------------------------
 # value objects
@@ -150,7 +156,14 @@ class Usage:
 
     @classmethod
     def from_reported(cls, value: Any) -> Usage | None:
-        """Parse an OpenAI ``usage`` object; ``None`` when absent or malformed."""
+        """Parse an OpenAI ``usage`` object; ``None`` when absent or malformed (then estimate).
+
+        Each count must be an integer from 0 to :data:`~maaskit.services.pricing.MAX_TOKENS`
+        (what pricing accepts). A missing ``completion_tokens`` is ``total_tokens -
+        prompt_tokens`` (0 for embeddings, whose usage has no completion), and ``None`` when
+        that is not known: a completion is never billed as zero tokens by default. A missing
+        ``total_tokens`` is the sum.
+        """
         if value.__class__ is dict:  # a parsed body: plain ints within range need no more checks
             prompt = value.get("prompt_tokens")
             completion = value.get("completion_tokens")
@@ -159,29 +172,33 @@ class Usage:
                 prompt.__class__ is int
                 and completion.__class__ is int
                 and total.__class__ is int
-                and prompt >= 0
-                and completion >= 0
-                and total >= 0
+                and 0 <= prompt <= MAX_TOKENS
+                and 0 <= completion <= MAX_TOKENS
+                and 0 <= total <= MAX_TOKENS
             ):
                 return cls(prompt, completion, total, "reported")
         elif not isinstance(value, Mapping):
             return None
         prompt = value.get("prompt_tokens")
-        completion = value.get("completion_tokens", 0)
+        completion = value.get("completion_tokens")
         total = value.get("total_tokens")
+        if not _count(prompt) or not (total is None or _count(total)):
+            return None
         if completion is None:
-            completion = 0
-        if not isinstance(prompt, int) or not _count(prompt) or not _count(completion):
+            if total is None or total < prompt:
+                return None
+            completion = total - prompt
+        elif not _count(completion):
             return None
         if total is None:
             total = prompt + completion
-        elif not _count(total):
-            return None
+            if total > MAX_TOKENS:
+                return None
         return cls(prompt, completion, total, "reported")
 
 
 def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS
 
 
 @attrs.frozen
@@ -947,13 +964,16 @@ class ChatStream:
         self._started = False
         self._closed = False
         self._finalized = False
-        self._buf = b""
+        self._parts: list[bytes] = []  # the incomplete event's bytes so far (LF line ends)
+        self._size = 0  # their length
+        self._cr = False  # the last chunk ended with a CR (maybe half a CRLF)
         self._chars = 0
         self._reported: Usage | None = None
         self.status: int | None = None
         self.headers: Mapping[str, str] = {}
         self.usage: Usage | None = None
         self.completed = False
+        self.failed = False
 
     async def start(self) -> ChatStream:
         """Send the request (idempotent); raises the mapped error if the upstream refuses it."""
@@ -975,6 +995,21 @@ class ChatStream:
         self._resp = resp
         self.status = resp.status
         self.headers = resp.headers
+        content_type = resp.headers.get("content-type") or resp.headers.get("Content-Type") or ""
+        if content_type.lower().startswith("application/json"):
+            # an upstream that ignored "stream": true; nothing was delivered yet, so it is
+            # refused like any invalid response (its events could not be accounted)
+            self._closed = True
+            self._resp = None
+            lease, self._lease = self._lease, None
+            if lease is not None:
+                lease.release(tokens=None)
+            await resp.aclose()
+            raise UpstreamError(
+                "upstream.invalid_response",
+                upstream=service.upstream.name,
+                reason="a JSON body where a stream of events was asked for",
+            )
         return self
 
     async def __aenter__(self) -> ChatStream:
@@ -1000,13 +1035,20 @@ class ChatStream:
                 out = self._feed(chunk)
                 if out:
                     yield out
-            tail, self._buf = self._buf, b""
+            if self._cr:
+                self._add(b"\n")
+            tail = b"".join(self._parts)
+            self._parts.clear()
             if tail:
                 self._scan(tail)
                 yield tail
             self.completed = True
         except TransportError:
+            self.failed = True
             raise UpstreamError("upstream.stream_interrupted", upstream=self._service.upstream.name) from None
+        except MaasError:
+            self.failed = True
+            raise
         finally:
             await self._shutdown()
 
@@ -1058,21 +1100,51 @@ class ChatStream:
     # -- server-sent events -------------------------------------------------------------------
 
     def _feed(self, chunk: bytes) -> bytes:
-        buf = self._buf + chunk if self._buf else chunk
-        if b"\r" in chunk or self._buf.endswith(b"\r"):
-            # CRLF line ends become LF; a CR at the very end stays buffered with the incomplete
-            # event and meets its LF in the next chunk.
-            buf = buf.replace(b"\r\n", b"\n")
-        end = buf.rfind(b"\n\n")
-        if end < 0:
-            self._buf = buf
-            return b""
-        end += 2
-        if end == len(buf):
-            complete, self._buf = buf, b""
+        """Take one chunk; return the complete events it ends (an event ends at a blank line).
+
+        Line ends are CRLF, CR or LF (the SSE rule); all become LF. Linear in the stream's
+        size: only the new chunk is searched, and an event's parts are joined once, when it
+        ends. An event may be at most :data:`MAX_EVENT_BYTES` long.
+        """
+        if self._cr:  # the previous chunk's CR, held back: it may be half a CRLF
+            chunk = b"\r" + chunk
+            self._cr = False
+        if b"\r" in chunk:
+            if chunk.endswith(b"\r"):
+                chunk = chunk[:-1]
+                self._cr = True
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        end = chunk.rfind(b"\n\n")
+        if end >= 0:
+            end += 2
+        elif self._parts and chunk[:1] == b"\n" and self._parts[-1][-1:] == b"\n":
+            end = 1  # the blank line straddles the two chunks
         else:
-            complete, self._buf = buf[:end], buf[end:]
+            self._add(chunk)
+            return b""
+        parts = self._parts
+        if parts:
+            parts.append(chunk[:end])
+            complete = b"".join(parts)
+            parts.clear()
+        else:
+            complete = chunk if end == len(chunk) else chunk[:end]
+        self._size = 0
+        if end < len(chunk):
+            self._add(chunk[end:])
         return self._scan(complete)
+
+    def _add(self, data: bytes) -> None:
+        if not data:
+            return
+        self._size += len(data)
+        if self._size > MAX_EVENT_BYTES:
+            raise UpstreamError(
+                "upstream.invalid_response",
+                upstream=self._service.upstream.name,
+                reason=f"an event longer than {MAX_EVENT_BYTES} bytes",
+            )
+        self._parts.append(data)
 
     def _scan(self, complete: bytes) -> bytes:
         """Account the events in *complete*; return them, minus a usage event nobody asked for."""
@@ -1091,11 +1163,20 @@ class ChatStream:
         return b"".join(e + b"\n\n" for e in kept)
 
     def _event(self, event: bytes) -> bool:
-        """Account one event; ``False`` when it must not be forwarded."""
-        for line in event.split(b"\n"):
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
+        """Account one event; ``False`` when it must not be forwarded.
+
+        Its ``data:`` lines are one payload, joined with LF (the SSE rule); an upstream that puts
+        one JSON object on each ``data:`` line of an event is read line by line.
+        """
+        lines = [line[5:] for line in event.split(b"\n") if line.startswith(b"data:")]
+        if not lines:
+            return True
+        payloads = [b"\n".join(line[1:] if line[:1] == b" " else line for line in lines)]
+        if len(lines) > 1:
+            payloads.extend(lines)
+        forward = True
+        for index, payload in enumerate(payloads):
+            data = payload.strip()
             if not data or data == b"[DONE]":
                 continue
             try:
@@ -1103,6 +1184,8 @@ class ChatStream:
             except orjson.JSONDecodeError:
                 continue
             if not isinstance(obj, dict):
+                if index == 0:
+                    break
                 continue
             choices = obj.get("choices")
             if isinstance(choices, list):
@@ -1114,9 +1197,11 @@ class ChatStream:
                 reported = Usage.from_reported(usage)
                 if reported is not None:
                     self._reported = reported
-                    if not self._wants_usage and not choices:
-                        return False
-        return True
+                if not self._wants_usage and not choices:  # a usage event nobody asked for
+                    forward = False
+            if index == 0:
+                break  # the joined payload was JSON: its lines are not read again
+        return forward
 
     def __repr__(self) -> str:
         return f"ChatStream(model={self.model!r}, status={self.status}, closed={self._closed})"
