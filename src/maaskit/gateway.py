@@ -52,13 +52,15 @@ from maaskit.money import from_micros, micros_to_str, parse_micros, to_micros
 from maaskit.services.admission import Admission, AdmissionService, SettleResult
 from maaskit.services.ai_api import AiApiService, ChatStream, Usage
 from maaskit.services.api_keys import ApiKey, ApiKeyService
-from maaskit.services.audit import AuditOutcome
+from maaskit.services.audit import AuditOutcome, DetailValue
 from maaskit.services.usage import UsageService
 from maaskit.settings import Settings
 
 __all__ = ["GatewayApp", "create_gateway", "key_to_dict"]
 
 _Owner = Callable[[], Awaitable[str]]
+#: An admin route's work: its response and the id of the key it affected (``None``: none).
+_Action = Callable[[], Awaitable[tuple[Response, str | None]]]
 
 
 async def _body_owner(request: Request) -> str:
@@ -203,24 +205,56 @@ class _Gateway:
     # -- admin endpoints ----------------------------------------------------------------------
 
     async def _admin(
-        self, request: Request, permission: str, *, own: str | None = None, owner: _Owner | None = None
-    ) -> None:
-        """Authenticate (bearer or session cookie + CSRF) and require *permission* through RBAC.
+        self,
+        request: Request,
+        permission: str,
+        action: _Action,
+        *,
+        own: str | None = None,
+        owner: _Owner | None = None,
+    ) -> Response:
+        """Authenticate (bearer or session cookie + CSRF), require *permission* through RBAC, run *action*.
 
         With *own*, the principal may instead hold *own* when ``await owner()`` is its user (its own
-        keys). The static admin token is the break-glass ``admin`` role. The decision is audited.
+        keys). With *owner*, the principal must also hold every permission of the key's owner when
+        the owner is a user (:meth:`~maaskit.services.auth.Authenticator.require_covers`): a key acts
+        with all of its owner's permissions. The static admin token is the break-glass ``admin`` role.
+
+        The outcome is audited after *action* ran (``admin.gateway``; the target is the affected key
+        id, else the route): ``success``, or ``denied``/``failure`` with the error code. A refused
+        permission is audited as ``auth.forbidden``.
         """
         await self._services()
         principal = await self.admin_api.principal(request)
         auth = await self.admin_api.authenticator()
+        owner = _once(owner) if owner is not None else None
         if own is not None and owner is not None:
             await auth.require_for_owner(principal, permission, owner, own_permission=own)
         else:
             await auth.require(principal, permission)
+        route = f"{request.method} {request.url.path}"[:256]
+        target: str = request.path_params.get("key_id") or route
+        details: dict[str, DetailValue] = {"permission": permission, "route": route}
+        try:
+            if owner is not None:
+                await auth.require_covers(principal, await owner())
+            response, affected = await action()
+        except MaasError as exc:
+            outcome = AuditOutcome.DENIED if exc.http_status in (401, 403) else AuditOutcome.FAILURE
+            await auth.audit(
+                principal, "admin.gateway", target, outcome, details={**details, "reason": exc.code}
+            )
+            raise
+        except Exception:
+            await auth.audit(
+                principal, "admin.gateway", target, AuditOutcome.FAILURE,
+                details={**details, "reason": "internal_error"},
+            )  # fmt: skip
+            raise
         await auth.audit(
-            principal, "admin.gateway", f"{request.method} {request.url.path}"[:256], AuditOutcome.SUCCESS,
-            details={"permission": permission},
-        )  # fmt: skip
+            principal, "admin.gateway", affected or target, AuditOutcome.SUCCESS, details=details
+        )
+        return response
 
     def _key_owner(self, request: Request) -> _Owner:
         async def owner() -> str:
@@ -229,97 +263,133 @@ class _Gateway:
         return owner
 
     async def create_key(self, request: Request) -> Response:
-        await self._admin(request, "keys:manage", own="keys:create", owner=lambda: _body_owner(request))
-        body = await _json_body(request, 64 * 1024)
-        owner = body.get("owner_id")
-        if not isinstance(owner, str):
-            raise ValidationError("http.invalid_request", reason="owner_id must be a string")
-        name = body.get("name")
-        if not isinstance(name, str):
-            raise ValidationError("http.invalid_request", reason="name is required (1 to 256 characters)")
-        created = await self.keys.create(
-            owner,
-            team_id=_optional(body, "team_id", str),
-            name=name,
-            allowed_models=tuple(_optional(body, "allowed_models", list) or ()),
-            budget_micros=_budget(body),
-            rpm_limit=_optional(body, "rpm_limit", int),
-            tpm_limit=_optional(body, "tpm_limit", int),
-            expires_at=parse_time(body.get("expires_at"), "expires_at"),
+        async def action() -> tuple[Response, str | None]:
+            body = await _json_body(request, 64 * 1024)
+            owner = body.get("owner_id")
+            if not isinstance(owner, str):
+                raise ValidationError("http.invalid_request", reason="owner_id must be a string")
+            name = body.get("name")
+            if not isinstance(name, str):
+                raise ValidationError("http.invalid_request", reason="name is required (1 to 256 characters)")
+            created = await self.keys.create(
+                owner,
+                team_id=_optional(body, "team_id", str),
+                name=name,
+                allowed_models=tuple(_optional(body, "allowed_models", list) or ()),
+                budget_micros=_budget(body),
+                rpm_limit=_optional(body, "rpm_limit", int),
+                tpm_limit=_optional(body, "tpm_limit", int),
+                expires_at=parse_time(body.get("expires_at"), "expires_at"),
+            )
+            out = {**key_to_dict(created.key), "secret": created.secret}
+            return JSONResponse(out, status_code=201), created.key.id
+
+        return await self._admin(
+            request, "keys:manage", action, own="keys:create", owner=lambda: _body_owner(request)
         )
-        return JSONResponse({**key_to_dict(created.key), "secret": created.secret}, status_code=201)
 
     async def list_keys(self, request: Request) -> Response:
-        await self._admin(request, "keys:read")
-        params = request.query_params
-        keys = await self.keys.list(
-            owner_id=params.get("owner_id"),
-            team_id=params.get("team_id"),
-            include_revoked=params.get("include_revoked") == "true",
-        )
-        return JSONResponse({"data": [key_to_dict(k) for k in keys]})
+        async def action() -> tuple[Response, str | None]:
+            params = request.query_params
+            keys = await self.keys.list(
+                owner_id=params.get("owner_id"),
+                team_id=params.get("team_id"),
+                include_revoked=params.get("include_revoked") == "true",
+            )
+            return JSONResponse({"data": [key_to_dict(k) for k in keys]}), None
+
+        return await self._admin(request, "keys:read", action)
 
     async def get_key(self, request: Request) -> Response:
-        await self._admin(request, "keys:read")
-        return JSONResponse(key_to_dict(await self.keys.get(request.path_params["key_id"])))
+        async def action() -> tuple[Response, str | None]:
+            return JSONResponse(key_to_dict(await self.keys.get(request.path_params["key_id"]))), None
+
+        return await self._admin(request, "keys:read", action)
 
     async def rotate_key(self, request: Request) -> Response:
-        await self._admin(request, "keys:manage", own="keys:update", owner=self._key_owner(request))
-        body = await _json_body(request, 64 * 1024) if await request.body() else {}
-        grace = body.get("grace_seconds")
-        if grace is not None and (isinstance(grace, bool) or not isinstance(grace, int | Decimal)):
-            raise ValidationError("http.invalid_request", reason="grace_seconds must be a number")
-        rotation = await self.keys.rotate(
-            request.path_params["key_id"],
-            grace_seconds=None if grace is None else float(grace),
-            idempotency_key=request.headers.get("idempotency-key"),
+        async def action() -> tuple[Response, str | None]:
+            body = await _json_body(request, 64 * 1024) if await request.body() else {}
+            grace = body.get("grace_seconds")
+            if grace is not None and (isinstance(grace, bool) or not isinstance(grace, int | Decimal)):
+                raise ValidationError("http.invalid_request", reason="grace_seconds must be a number")
+            rotation = await self.keys.rotate(
+                request.path_params["key_id"],
+                grace_seconds=None if grace is None else float(grace),
+                idempotency_key=request.headers.get("idempotency-key"),
+            )
+            out = key_to_dict(rotation.key)
+            out.update(secret=rotation.secret, replayed=rotation.replayed)
+            return JSONResponse(out), rotation.key.id
+
+        return await self._admin(
+            request, "keys:manage", action, own="keys:update", owner=self._key_owner(request)
         )
-        out = key_to_dict(rotation.key)
-        out.update(secret=rotation.secret, replayed=rotation.replayed)
-        return JSONResponse(out)
 
     async def revoke_key(self, request: Request) -> Response:
-        await self._admin(request, "keys:manage", own="keys:revoke", owner=self._key_owner(request))
-        return JSONResponse(key_to_dict(await self.keys.revoke(request.path_params["key_id"])))
+        async def action() -> tuple[Response, str | None]:
+            key = await self.keys.revoke(request.path_params["key_id"])
+            return JSONResponse(key_to_dict(key)), key.id
+
+        return await self._admin(
+            request, "keys:manage", action, own="keys:revoke", owner=self._key_owner(request)
+        )
 
     async def enable_key(self, request: Request) -> Response:
-        await self._admin(request, "keys:manage", own="keys:update", owner=self._key_owner(request))
-        enabled = request.url.path.endswith("/enable")
-        return JSONResponse(key_to_dict(await self.keys.set_enabled(request.path_params["key_id"], enabled)))
+        async def action() -> tuple[Response, str | None]:
+            enabled = request.url.path.endswith("/enable")
+            key = await self.keys.set_enabled(request.path_params["key_id"], enabled)
+            return JSONResponse(key_to_dict(key)), key.id
+
+        return await self._admin(
+            request, "keys:manage", action, own="keys:update", owner=self._key_owner(request)
+        )
 
     async def key_budget(self, request: Request) -> Response:
-        await self._admin(request, "budgets:manage")
-        body = await _json_body(request, 64 * 1024)
-        key = await self.keys.update_budget(request.path_params["key_id"], _budget(body))
-        return JSONResponse(key_to_dict(key))
+        async def action() -> tuple[Response, str | None]:
+            body = await _json_body(request, 64 * 1024)
+            key = await self.keys.update_budget(request.path_params["key_id"], _budget(body))
+            return JSONResponse(key_to_dict(key)), key.id
+
+        return await self._admin(request, "budgets:manage", action, owner=self._key_owner(request))
 
     async def usage_report(self, request: Request) -> Response:
-        await self._admin(request, "usage:read")
-        params = request.query_params
-        start = parse_time(params.get("start"), "start") or datetime.min.replace(
-            tzinfo=self.app.clock.now().tzinfo
-        )
-        end = parse_time(params.get("end"), "end") or self.app.clock.now()
-        await self.usage.flush()
-        rows = await self.usage.report(start, end, key_id=params.get("key_id"), model=params.get("model"))
-        return JSONResponse(
-            {
-                "data": [
-                    {
-                        "key_id": r.key_id,
-                        "model": r.model,
-                        "day": None if r.day is None else r.day.isoformat(),
-                        "requests": r.requests,
-                        "errors": r.errors,
-                        "prompt_tokens": r.prompt_tokens,
-                        "completion_tokens": r.completion_tokens,
-                        "cost_micros": r.cost_micros,
-                        "cost": str(from_micros(r.cost_micros)),
-                    }
-                    for r in rows
-                ]
-            }
-        )
+        async def action() -> tuple[Response, str | None]:
+            params = request.query_params
+            start = parse_time(params.get("start"), "start") or datetime.min.replace(
+                tzinfo=self.app.clock.now().tzinfo
+            )
+            end = parse_time(params.get("end"), "end") or self.app.clock.now()
+            await self.usage.flush()
+            rows = await self.usage.report(start, end, key_id=params.get("key_id"), model=params.get("model"))
+            data = [
+                {
+                    "key_id": r.key_id,
+                    "model": r.model,
+                    "day": None if r.day is None else r.day.isoformat(),
+                    "requests": r.requests,
+                    "errors": r.errors,
+                    "prompt_tokens": r.prompt_tokens,
+                    "completion_tokens": r.completion_tokens,
+                    "cost_micros": r.cost_micros,
+                    "cost": str(from_micros(r.cost_micros)),
+                }
+                for r in rows
+            ]
+            return JSONResponse({"data": data}), None
+
+        return await self._admin(request, "usage:read", action)
+
+
+def _once(owner: _Owner) -> _Owner:
+    """*owner*, looked up at most once per request (the permission check and the owner check share it)."""
+    found: list[str] = []
+
+    async def cached() -> str:
+        if not found:
+            found.append(await owner())
+        return found[0]
+
+    return cached
 
 
 def _headers(admission: Admission, settled: SettleResult | None = None) -> dict[str, str]:

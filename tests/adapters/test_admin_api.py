@@ -12,9 +12,10 @@ from structlog.testing import capture_logs
 
 from maaskit.app import AppService
 from maaskit.clock import Clock
-from maaskit.errors import NotFoundError
+from maaskit.errors import NotFoundError, UnavailableError
 from maaskit.gateway import create_gateway
 from maaskit.registry import Registry
+from maaskit.services.auth import Authenticator
 from maaskit.services.login_throttle import LoginThrottle, MemoryLoginThrottle
 from maaskit.testing.app import build_test_app
 from maaskit.testing.clock import FakeClock
@@ -34,9 +35,9 @@ class SpyThrottle(MemoryLoginThrottle):
         super().__init__(clock)
         self.ips: list[str | None] = []
 
-    async def check(self, account: str, client_ip: str | None) -> None:
+    async def reserve(self, account: str, client_ip: str | None) -> None:
         self.ips.append(client_ip)
-        await super().check(account, client_ip)
+        await super().reserve(account, client_ip)
 
 
 class Env:
@@ -461,3 +462,118 @@ async def test_unauthenticated_and_malformed_requests(env: Env) -> None:
         assert garbage.status_code == 401
         nothing = await c.get("/admin/users", headers={"authorization": "Bearer plain-words"})
         assert nothing.json()["error"]["code"] == "auth.invalid_credential"
+
+
+async def test_keys_manage_cannot_reach_keys_of_a_more_privileged_user(env: Env) -> None:
+    tina = await env.user("tina", "team_admin")  # keys:manage, budgets:manage, but not "*"
+    bob = await env.user("bob", "member")
+    admins_key = await env.app.api_keys.create(env.admin_id, name="admin's own")
+    async with env.client() as c:
+        h = {"x-csrf-token": await env.login(c, "tina", PW)}
+        made = await c.post("/admin/keys", json={"owner_id": env.admin_id, "name": "x"}, headers=h)
+        assert made.status_code == 403, made.text
+        assert made.json()["error"]["code"] == "users.forbidden_target"
+        assert "secret" not in made.text
+        path = f"/admin/keys/{admins_key.key.id}"
+        for method, suffix, body in [
+            ("POST", "/rotate", {"grace_seconds": 0}),
+            ("POST", "/revoke", None),
+            ("POST", "/disable", None),
+            ("POST", "/enable", None),
+            ("PUT", "/budget", {"budget": "0"}),
+        ]:
+            reply = await c.request(method, path + suffix, json=body, headers=h)
+            assert reply.status_code == 403, (suffix, reply.text)
+            assert reply.json()["error"]["code"] == "users.forbidden_target"
+            assert "secret" not in reply.text
+        # reading shows no secret and stays allowed
+        assert (await c.get(path)).status_code == 200
+        # keys of users she covers, and of service accounts, as before
+        mine = await c.post("/admin/keys", json={"owner_id": bob, "name": "b"}, headers=h)
+        assert mine.status_code == 201
+        svc = await c.post("/admin/keys", json={"owner_id": "svc-owner", "name": "s"}, headers=h)
+        assert svc.status_code == 201
+        rotated = await c.post(f"/admin/keys/{mine.json()['id']}/rotate", json={}, headers=h)
+        assert rotated.status_code == 200
+    key = await env.app.api_keys.get(admins_key.key.id)
+    assert (key.rotation_counter, key.enabled, key.revoked_at, key.budget_micros) == (0, True, None, None)
+    await env.app.api_keys.validate(admins_key.secret)
+    assert [k.id for k in await env.app.api_keys.list(owner_id=env.admin_id)] == [admins_key.key.id]
+    assert not await env.app.rbac.is_admin(tina)
+    audited = await env.app.audit.query(action="admin.gateway", target=admins_key.key.id)
+    assert sorted(
+        (e.details["route"].split()[0], e.outcome.value, e.details.get("reason")) for e in audited
+    ) == [
+        ("GET", "success", None),
+        *[("POST", "denied", "users.forbidden_target")] * 4,
+        ("PUT", "denied", "users.forbidden_target"),
+    ]
+    # the admin token (break glass) still manages every key
+    token = env.app.settings.admin_token
+    assert token is not None
+    async with env.client(headers={"authorization": f"Bearer {token.get_secret_value()}"}) as c:
+        assert (await c.post(f"/admin/keys/{admins_key.key.id}/disable")).status_code == 200
+
+
+async def test_key_routes_audit_the_outcome_after_the_action(env: Env) -> None:
+    bob = await env.user("bob", "member")
+    token = env.app.settings.admin_token
+    assert token is not None
+    async with env.client(headers={"authorization": f"Bearer {token.get_secret_value()}"}) as c:
+        made = await c.post("/admin/keys", json={"owner_id": bob, "name": "k"})
+        assert made.status_code == 201
+        key_id, secret = made.json()["id"], made.json()["secret"]
+        rotated = await c.post(f"/admin/keys/{key_id}/rotate", json={"grace_seconds": 0})
+        assert rotated.status_code == 200
+        failures = [
+            await c.post("/admin/keys/key_nope/revoke"),
+            await c.post("/admin/keys", json={"owner_id": bob}),  # no name
+            await c.put("/admin/keys/key_nope/budget", json={"budget": "1"}),
+            await c.post(f"/admin/keys/{key_id}/rotate", json={"grace_seconds": "soon"}),
+        ]
+        assert [r.status_code for r in failures] == [404, 400, 404, 400]
+        assert (await c.get("/admin/usage")).status_code == 200
+    events = list(reversed(await env.app.audit.query(action="admin.gateway", limit=100)))
+    assert [(e.target, e.outcome.value, e.details.get("reason")) for e in events] == [
+        (key_id, "success", None),  # the created key's id
+        (key_id, "success", None),
+        ("key_nope", "failure", "api_key.not_found"),
+        ("POST /admin/keys", "failure", "http.invalid_request"),
+        ("key_nope", "failure", "api_key.not_found"),
+        (key_id, "failure", "http.invalid_request"),
+        ("GET /admin/usage", "success", None),
+    ]
+    assert events[0].details["route"] == "POST /admin/keys"
+    assert events[0].details["permission"] == "keys:manage"
+    dump = repr(await env.app.audit.query(limit=1000))
+    for s in (secret, rotated.json()["secret"], token.get_secret_value()):
+        assert s not in dump
+
+
+async def test_deleting_a_user_whose_keys_cannot_be_revoked_keeps_the_user(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    carol = await env.user("carol", "read_only")
+    key = await env.app.api_keys.create(carol, name="k")
+
+    async def store_down(key_id: str) -> None:
+        raise UnavailableError("storage.unavailable")
+
+    token = env.app.settings.admin_token
+    assert token is not None
+    async with env.client(headers={"authorization": f"Bearer {token.get_secret_value()}"}) as c:
+        with monkeypatch.context() as m:
+            m.setattr(env.app.api_keys, "revoke", store_down)
+            failed = await c.delete(f"/admin/users/{carol}")
+        assert failed.status_code == 503
+        assert failed.json()["error"]["code"] == "users.revocation_incomplete"
+        # the account is still there: its key keeps the owner's (read_only) permissions, never the
+        # "owner is not a user" fallback, and the DELETE can be retried
+        assert (await c.get(f"/admin/users/{carol}")).status_code == 200
+        auth = await env.app.aget(Authenticator)
+        env.app.clock.advance(6)  # type: ignore[attr-defined]
+        principal = await auth.principal_for_key(await env.app.api_keys.validate(key.secret))
+        assert principal.user_id == carol
+        assert not principal.allows("models:use")
+        assert (await c.delete(f"/admin/users/{carol}")).status_code == 204
+    assert (await env.app.api_keys.get(key.key.id)).revoked_at is not None

@@ -19,7 +19,7 @@ import pytest
 from maaskit.app import AppService
 from maaskit.gateway import create_gateway
 from maaskit.registry import Registry
-from maaskit.services.rbac import ALL_PERMISSIONS, BUILTIN_ROLES
+from maaskit.services.rbac import ALL_PERMISSIONS, BUILTIN_ROLES, covers
 from maaskit.testing.app import build_test_app
 
 PW = "a-good-passphrase-1"
@@ -208,3 +208,42 @@ async def test_rbac_matrix_unauthenticated(app: AppService) -> None:
             reply = await client.request(method, path, json=body)
             assert reply.status_code == 401, (op, reply.text)
             assert reply.json()["error"]["code"] == "auth.missing"
+
+
+#: key operations whose target key belongs to a user: the caller must also hold every permission
+#: of that user (a key acts with all of its owner's permissions)
+OWNED_KEY_OPERATIONS: dict[str, tuple[str, str, Any]] = {
+    "create_key": ("POST", "", None),
+    "rotate_key": ("POST", "/rotate", {}),
+    "revoke_key": ("POST", "/revoke", None),
+    "disable_key": ("POST", "/disable", None),
+    "enable_key": ("POST", "/enable", None),
+    "key_budget": ("PUT", "/budget", {"budget": "5"}),
+}
+
+
+@pytest.mark.parametrize("owner_role", ["admin", "team_admin", "member"])
+@pytest.mark.parametrize("role", ROLES, ids=lambda r: r or "no_role")
+async def test_key_operations_on_keys_of_users(app: AppService, role: str | None, owner_role: str) -> None:
+    held = await app.rbac.role_permissions(role) if role else frozenset()
+    owner_perms = await app.rbac.role_permissions(owner_role)
+    wrong: list[str] = []
+    async with _client(app) as client:
+        headers = await _credentials(app, client, "session", role)
+        for op, (method, suffix, body) in OWNED_KEY_OPERATIONS.items():
+            owner = await _fresh_user(app, owner_role)
+            if op == "create_key":
+                path, body = "/admin/keys", {"owner_id": owner, "name": "m"}
+            else:
+                path = f"/admin/keys/{(await app.api_keys.create(owner, name='target')).key.id}{suffix}"
+            reply = await client.request(method, path, json=body, headers=headers)
+            permitted = ALL_PERMISSIONS in held or REQUIRED[op] in held
+            if permitted and covers(held, owner_perms):
+                ok = 200 <= reply.status_code < 300
+            else:
+                code = "users.forbidden_target" if permitted else "rbac.forbidden"
+                ok = reply.status_code == 403 and reply.json()["error"]["code"] == code
+                ok = ok and "secret" not in reply.text
+            if not ok:
+                wrong.append(f"{op} on a {owner_role}'s key: got {reply.status_code} {reply.text[:160]}")
+    assert not wrong, "\n".join(wrong)

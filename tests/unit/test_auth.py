@@ -15,6 +15,9 @@ from maaskit.app import AppService
 from maaskit.errors import ForbiddenError, UnauthenticatedError
 from maaskit.registry import Registry
 from maaskit.services.auth import ADMIN_TOKEN_SUBJECT, Authenticator, Principal
+from maaskit.services.rbac import DefaultRbacService
+from maaskit.storage.ports.rbac import RbacStore
+from maaskit.storage.ports.users import UserStore
 from maaskit.testing.app import build_test_app
 
 PW = "a-good-passphrase-1"
@@ -116,6 +119,33 @@ async def test_team_scoped_require(app: AppService) -> None:
         await auth.require(p, "teams:manage")
 
 
+async def test_require_covers_the_owner_of_a_key(app: AppService) -> None:
+    auth = await _auth(app)
+    lead = await app.users.add("lead", PW, roles=["team_admin"])
+    root = await app.users.add("root", PW, roles=["admin"])
+    dormant = await app.users.add("dormant", PW, roles=["admin"])
+    await app.users.disable(dormant.id)
+    member = await app.users.add("member", PW, roles=["member"])
+    _s, sid = await app.sessions.create(lead.id)
+    p = await auth.authenticate_session(sid)
+    assert p.allows("keys:manage")
+    for owner in (root.id, dormant.id):  # a key acts with all of its owner's permissions
+        with pytest.raises(ForbiddenError) as err:
+            await auth.require_covers(p, owner)
+        assert err.value.code == "users.forbidden_target"
+    denied = await app.audit.query(action="auth.forbidden")
+    assert [(e.target, e.details["reason"]) for e in denied[:2]] == [
+        (dormant.id, "users.forbidden_target"),
+        (root.id, "users.forbidden_target"),
+    ]
+    await auth.require_covers(p, member.id)  # everything a member holds, the lead holds
+    await auth.require_covers(p, lead.id)  # oneself
+    await auth.require_covers(p, "service-account-7")  # not a user: its keys hold only models:use
+    token = app.settings.admin_token
+    assert token is not None
+    await auth.require_covers(await auth.authenticate_bearer(token.get_secret_value()), root.id)
+
+
 async def test_login_audits_and_never_stores_the_password(app: AppService) -> None:
     auth = await _auth(app)
     await app.users.add("bob", PW)
@@ -159,3 +189,37 @@ def test_untrusted_peer_is_never_replaced(peer: str, header: str) -> None:
     if ipaddress.ip_address(peer) in TRUSTED[0]:
         return
     assert client_ip(peer, header, TRUSTED) == peer
+
+
+async def test_losing_models_use_on_another_replica_takes_both_cache_ttls() -> None:
+    """The bound docs/users-and-rbac.md states: RBAC ``cache_ttl`` + admission ``permission_ttl``."""
+
+    def configure(registry: Registry) -> None:
+        registry.register_value(argon2.PasswordHasher, CHEAP)
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    async with build_test_app(configure=configure, model_prices={"m": {"input": "1", "output": "1"}}) as app:
+        clock = app.clock
+        dan = await app.users.add("dan", PW, roles=["member"])
+        key = await app.api_keys.create(dan.id, name="k")
+
+        async def admitted() -> bool:
+            try:
+                admission = await app.admission.admit(key.secret, "m", body)
+            except ForbiddenError:
+                return False
+            await app.admission.release(admission)
+            return True
+
+        assert await admitted()  # t=0: admission trusts this answer until t=5
+        clock.advance(5.5)  # type: ignore[attr-defined]
+        await app.rbac.permissions_for(dan.id)  # t=5.5: this replica caches dan's roles until 10.5
+        other_replica = DefaultRbacService(
+            await app.aget(RbacStore), await app.aget(UserStore), app.audit, clock
+        )
+        await other_replica.remove_all_roles(dan.id)  # dan loses models:use elsewhere
+        outcomes = []
+        for step in (4.9, 4.9, 0.3):  # 4.9 s, 9.8 s and 10.1 s after the change
+            clock.advance(step)  # type: ignore[attr-defined]
+            outcomes.append(await admitted())
+        assert outcomes == [True, True, False]

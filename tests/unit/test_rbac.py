@@ -16,6 +16,8 @@ from maaskit.services.rbac import (
     TEAM_ADMIN_ROLE,
     DefaultRbacService,
     RbacService,
+    assigned_permissions,
+    covers,
     resolve_closure,
 )
 from maaskit.storage.memory.audit import MemoryAuditStore
@@ -265,6 +267,10 @@ async def test_non_holder_cannot_create_or_widen_roles(stack: Stack) -> None:
         ({"name": "ok_name", "permissions": ["nocolon"]}, "rbac.invalid_permission"),
         ({"name": "ok_name", "permissions": "keys:read"}, "rbac.invalid_permission"),
         ({"name": "ok_name", "description": "x" * 513}, "rbac.invalid_description"),
+        # "$" would match before a trailing newline
+        ({"name": "ok_name\n"}, "rbac.invalid_role_name"),
+        ({"name": "ok_name", "permissions": ["keys:read\n"]}, "rbac.invalid_permission"),
+        ({"name": "ok_name", "parents": ["member\n"]}, "rbac.invalid_role_name"),
     ],
 )
 async def test_invalid_role_definitions(stack: Stack, kwargs: dict[str, object], code: str) -> None:
@@ -301,3 +307,20 @@ async def test_cache_sees_changes_from_another_replica_after_ttl(stack: Stack) -
     uncached = DefaultRbacService(stack.store, stack.users, stack.audit, stack.clock, cache_ttl=0)
     await other_replica.assign_role(root, bob, MEMBER_ROLE)
     assert await uncached.check_permission(bob, "keys:create")
+
+
+async def test_assigned_permissions_count_every_scope_and_disabled_users(stack: Stack) -> None:
+    root = await stack.user("root", ADMIN_ROLE)
+    dormant = await stack.user("dormant", ADMIN_ROLE, enabled=False)
+    lead = await stack.user("lead", MEMBER_ROLE)
+    await stack.rbac.assign_role(root, lead, TEAM_ADMIN_ROLE, team_id="team-a")
+    assert (await stack.rbac.permissions_for(dormant)).permissions == frozenset()  # holds nothing now
+    assert await assigned_permissions(stack.rbac, dormant) == {"*"}  # ... but would once enabled
+    assert await assigned_permissions(stack.rbac, lead) == await stack.rbac.role_permissions(TEAM_ADMIN_ROLE)
+    assert await assigned_permissions(stack.rbac, "svc-owner") == frozenset()  # not a user
+    member = await stack.rbac.role_permissions(MEMBER_ROLE)
+    assert covers({"*"}, {"*", "keys:read"})
+    assert covers(member, await stack.rbac.role_permissions(READ_ONLY_ROLE))
+    assert covers(member, frozenset())
+    assert not covers(member, {"*"})
+    assert not covers(member, await assigned_permissions(stack.rbac, lead))

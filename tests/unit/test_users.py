@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import unicodedata
+
 import argon2
 import attrs
 import pytest
@@ -155,6 +158,8 @@ async def test_add_get_list_update(stack: Stack) -> None:
         ("bob", "Password123", "users.password_too_common"),
         ("bobbybobby", "BobbyBobby", "users.invalid_password"),
         ("bob", "\ud800" * 10, "users.invalid_password"),
+        ("bob\n", PW, "users.invalid_username"),  # "$" would match before a trailing newline
+        ("bob\r\n", PW, "users.invalid_username"),
     ],
 )
 async def test_input_validation(stack: Stack, username: str, password: str, code: str) -> None:
@@ -409,3 +414,140 @@ async def test_change_password_is_throttled(stack: Stack) -> None:
             await stack.users.change_password(bob.id, "wrong password!", "a new passphrase")
     with pytest.raises(RateLimitedError):
         await stack.users.change_password(bob.id, PW, "a new passphrase")
+
+
+# -- review findings ----------------------------------------------------------------------------
+
+
+async def test_trailing_newline_in_username_or_email_is_refused(stack: Stack) -> None:
+    bob = await stack.users.add("bob", PW)
+    for email in ("bob@example.com\n", "bob@example.com\r\n"):
+        with pytest.raises(ValidationError) as info:
+            await stack.users.add("bobby", PW, email=email)
+        assert info.value.code == "users.invalid_email"
+        with pytest.raises(ValidationError):
+            await stack.users.update(bob.id, email=email)
+    with pytest.raises(NotFoundError):
+        await stack.users.get_by_username("bob\n")
+    with pytest.raises(UnauthenticatedError):
+        await stack.users.authenticate("bob\n", PW)
+    assert [u.username for u in await stack.users.list()] == ["bob"]
+
+
+async def test_concurrent_wrong_passwords_are_throttled_before_they_are_checked(clock: FakeClock) -> None:
+    hasher = CountingHasher()
+    stack = make_stack(clock, hasher=hasher)
+    await stack.users.add("bob", PW)
+
+    async def attempt(i: int) -> str:
+        try:
+            await stack.users.authenticate("bob", f"guess-number-{i:05d}", client_ip=f"203.0.113.{i}")
+        except (UnauthenticatedError, RateLimitedError) as exc:
+            return exc.code
+        return "ok"
+
+    # every verification runs in a thread: all 60 attempts are in flight at once
+    outcomes = await asyncio.gather(*(attempt(i) for i in range(60)))
+    assert outcomes.count("users.invalid_credentials") == 6  # 5 free failures, then the delay
+    assert outcomes.count("users.login_throttled") == 54
+    assert hasher.verifies == 6
+    stack.clock.advance(1)
+    with pytest.raises(UnauthenticatedError):
+        await stack.users.authenticate("bob", "guess-again-0000")
+
+
+async def test_successful_logins_do_not_spend_the_ip_budget(stack: Stack) -> None:
+    await stack.users.add("bob", PW)
+    for _ in range(30):  # the reserved attempt is taken back when the password is right
+        await stack.users.authenticate("bob", PW, client_ip="203.0.113.9")
+    for i in range(21):  # the IP still has its 20 free failures (and the 21st is checked)
+        with pytest.raises(UnauthenticatedError):
+            await stack.users.authenticate(f"user{i:03d}", "wrong password!", client_ip="203.0.113.9")
+    with pytest.raises(RateLimitedError):
+        await stack.users.authenticate("bob", PW, client_ip="203.0.113.9")
+
+
+async def test_a_throttle_without_reserve_works_as_before(clock: FakeClock) -> None:
+    class OldThrottle:  # a LoginThrottle written for an earlier maaskit
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        async def check(self, account: str, client_ip: str | None) -> None:
+            self.calls.append("check")
+
+        async def record_failure(self, account: str, client_ip: str | None) -> None:
+            self.calls.append("failure")
+
+        async def record_success(self, account: str, client_ip: str | None) -> None:
+            self.calls.append("success")
+
+    stack = make_stack(clock)
+    old = OldThrottle()
+    svc = DefaultUserService(stack.store, stack.rbac, stack.audit, clock, hasher=CHEAP, throttle=old)  # type: ignore[arg-type]
+    await svc.add("bob", PW)
+    with pytest.raises(UnauthenticatedError):
+        await svc.authenticate("bob", "wrong password!")
+    await svc.authenticate("bob", PW)
+    assert old.calls == ["check", "failure", "check", "success"]
+
+
+async def test_password_accepted_at_creation_logs_in(stack: Stack) -> None:
+    # 384 conjoining jamo: 1,152 bytes as typed, 128 syllables (384 bytes) once NFKC-normalised
+    jamo = "\u1100\u1161\u11a8" * 128
+    assert len(jamo.encode()) > 1024
+    assert len(unicodedata.normalize("NFKC", jamo)) == 128
+    bob = await stack.users.add("bob", jamo)
+    assert (await stack.users.authenticate("bob", jamo)).id == bob.id
+    assert (await stack.users.authenticate("bob", unicodedata.normalize("NFC", jamo))).id == bob.id
+    await stack.users.change_password(bob.id, jamo, "a new passphrase")
+    await stack.users.set_password(bob.id, jamo)
+    assert (await stack.users.authenticate("bob", jamo)).id == bob.id
+    # what creation refuses, login refuses before any normalisation work
+    with pytest.raises(ValidationError):
+        validate_password(jamo + "\u1100\u1161\u11a8")
+    with pytest.raises(UnauthenticatedError):
+        await stack.users.authenticate("bob", jamo + "\u1100\u1161\u11a8")
+    with pytest.raises(UnauthenticatedError):
+        await stack.users.authenticate("bob", "x" * 1_000_000)
+
+
+async def test_delete_revokes_credentials_before_deleting(clock: FakeClock) -> None:
+    stack = make_stack(clock)
+    broken = RecordingRevoker(fail=True)
+    svc = DefaultUserService(stack.store, stack.rbac, stack.audit, clock, hasher=CHEAP, revokers=[broken])
+    bob = await svc.add("bob", PW, roles=[MEMBER_ROLE])
+    with pytest.raises(UnavailableError) as info:
+        await svc.delete(bob.id)
+    assert info.value.code == "users.revocation_incomplete"
+    # nothing was deleted: the account and its roles stay, so its keys keep its own permissions
+    assert (await svc.get(bob.id)).enabled
+    assert {a.role for a in await stack.rbac.user_roles(bob.id)} == {MEMBER_ROLE}
+    assert not [
+        e for e in await stack.audit.query(action="users.deleted") if e.outcome is AuditOutcome.SUCCESS
+    ]
+    broken.fail = False
+    await svc.delete(bob.id)  # a retry works
+    assert broken.calls == [bob.id, bob.id]
+    with pytest.raises(NotFoundError):
+        await svc.get(bob.id)
+    assert await stack.rbac.user_roles(bob.id) == []
+
+
+async def test_a_user_manager_cannot_take_over_a_disabled_or_team_scoped_admin(stack: Stack) -> None:
+    root = await stack.users.add("root", PW, roles=[ADMIN_ROLE])
+    dormant = await stack.users.add("dormant", PW, roles=[ADMIN_ROLE])
+    scoped = await stack.users.add("scoped", PW)
+    await stack.rbac.assign_role(root.id, scoped.id, ADMIN_ROLE, team_id="team-a")
+    helpdesk = await stack.users.add("helpdesk", PW)
+    await stack.rbac.create_role(root.id, "helpdesk", permissions=["users:manage", "users:read"])
+    await stack.rbac.assign_role(root.id, helpdesk.id, "helpdesk")
+    await stack.users.disable(dormant.id)
+    for target in (dormant.id, scoped.id):
+        with pytest.raises(ForbiddenError) as info:  # then enable it and sign in as an admin
+            await stack.users.set_password(target, "taken over now", actor_id=helpdesk.id)
+        assert info.value.code == "users.forbidden_target"
+        with pytest.raises(ForbiddenError):
+            await stack.users.enable(target, actor_id=helpdesk.id)
+    with pytest.raises(UnauthenticatedError):
+        await stack.users.authenticate("dormant", "taken over now")
+    await stack.users.set_password(dormant.id, "reset by root", actor_id=root.id)

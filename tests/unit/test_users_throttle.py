@@ -63,3 +63,37 @@ def test_bad_policy() -> None:
         ThrottlePolicy(max_failures=0)
     with pytest.raises(ValidationError):
         ThrottlePolicy(window=0)
+
+
+async def test_reserve_checks_and_counts_in_one_step(clock: FakeClock) -> None:
+    throttle = MemoryLoginThrottle(clock, account=ThrottlePolicy(free_failures=2, base_delay=1, max_delay=8))
+    for _ in range(3):  # two free failures, and the third attempt is still allowed
+        await throttle.reserve("bob", None)
+    with pytest.raises(RateLimitedError) as info:  # counted already, before any outcome is known
+        await throttle.reserve("bob", None)
+    assert info.value.retry_after == 1
+    with pytest.raises(RateLimitedError):  # a refused reservation counts nothing: still 1 s
+        await throttle.check("bob", None)
+    clock.advance(1)
+    await throttle.reserve("bob", None)
+    with pytest.raises(RateLimitedError) as info:
+        await throttle.check("bob", None)
+    assert info.value.retry_after == 2
+
+
+async def test_release_takes_one_reservation_back(clock: FakeClock) -> None:
+    throttle = MemoryLoginThrottle(
+        clock, account=ThrottlePolicy(free_failures=1), ip=ThrottlePolicy(free_failures=1)
+    )
+    for _ in range(5):  # five right passwords from one address spend nothing
+        await throttle.reserve("bob", "192.0.2.1")
+        await throttle.release("bob", "192.0.2.1")
+        await throttle.record_success("bob", "192.0.2.1")
+    await throttle.reserve("carol", "192.0.2.1")
+    await throttle.reserve("dave", "192.0.2.1")  # the IP's free failure is spent by carol only
+    with pytest.raises(RateLimitedError):
+        await throttle.check("erin", "192.0.2.1")
+    await throttle.release("nobody", None)  # nothing to take back: no error
+    with pytest.raises(ValidationError):
+        await throttle.reserve("bob", "not an ip")
+    await throttle.check("bob", None)  # the refused reservation counted nothing

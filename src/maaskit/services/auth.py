@@ -17,8 +17,9 @@ token), so admission (API keys) and the admin endpoints use the same check:
 
 * an API key (``mk_...``) acts for its owner. When the owner is a user, the key holds exactly that
   user's current permissions (a key never grants more than its owner holds, and a disabled owner's
-  key is refused); when the owner is not a user (a service account id), the key holds only
-  ``models:use``;
+  key is refused) — which is why only a principal holding every permission of that user may create,
+  rotate or otherwise manage the key (:meth:`Authenticator.require_covers`); when the owner is not a
+  user (a service account id), the key holds only ``models:use``;
 * an access JWT (three dot-separated segments) is validated by
   :meth:`~maaskit.services.tokens.TokenService.validate_access`; its subject must be an enabled
   user, and a token issued before the user's last password change is refused;
@@ -54,7 +55,7 @@ from maaskit.errors import (
 )
 from maaskit.services.api_keys import KEY_PREFIX, ApiKey, ApiKeyService
 from maaskit.services.audit import AuditLog, AuditOutcome, DetailValue
-from maaskit.services.rbac import ADMIN_ROLE, ALL_PERMISSIONS, RbacService
+from maaskit.services.rbac import ADMIN_ROLE, ALL_PERMISSIONS, RbacService, assigned_permissions, covers
 from maaskit.services.sessions import SessionService
 from maaskit.services.tokens import TokenPair, TokenService
 from maaskit.services.users import User, UserService
@@ -166,6 +167,11 @@ class Authenticator(Protocol):
         own_permission: str,
     ) -> None:
         """Allow with *permission*, or with *own_permission* when the resource belongs to the principal."""
+        ...
+
+    async def require_covers(self, principal: Principal, user_id: str) -> None:
+        """Raise ``ForbiddenError("users.forbidden_target")`` (audited) unless *principal* holds every
+        permission *user_id* is assigned (acting on a user's API keys)."""
         ...
 
     async def acting_user(self, principal: Principal) -> str:
@@ -448,6 +454,29 @@ class DefaultAuthenticator:
             raise await self._deny(principal, permission)
         if await owner() != principal.user_id:
             raise await self._deny(principal, permission)
+
+    async def require_covers(self, principal: Principal, user_id: str) -> None:
+        """Refuse acting on resources of user *user_id* (its API keys) unless *principal* holds every
+        permission that user is assigned.
+
+        A key acts with all of its owner's permissions, so whoever creates, rotates, revokes,
+        enables, disables or budgets a user's key must hold them all — the rule of user management
+        (:func:`maaskit.services.rbac.covers` over :func:`~maaskit.services.rbac.assigned_permissions`:
+        every scope, even while the account is disabled). The user itself always passes, and so does
+        an id that is not a user account (a service account holds no role: its keys hold only
+        ``models:use``).
+
+        Raises:
+            ForbiddenError: ``users.forbidden_target``, audited as ``auth.forbidden``.
+        """
+        if principal.user_id == user_id or ALL_PERMISSIONS in principal.permissions:
+            return
+        if not covers(principal.permissions, await assigned_permissions(self._rbac, user_id)):
+            await self.audit(
+                principal, "auth.forbidden", user_id[:256], AuditOutcome.DENIED,
+                details={"reason": "users.forbidden_target"},
+            )  # fmt: skip
+            raise ForbiddenError("users.forbidden_target")
 
     async def acting_user(self, principal: Principal) -> str:
         """The user id to pass as ``actor_id`` where a service needs a user.

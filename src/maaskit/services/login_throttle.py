@@ -1,14 +1,18 @@
 """Login throttling: a few free failures, then a growing delay, and a hard hourly cap.
 
-:class:`DefaultUserService` asks a :class:`LoginThrottle` before it verifies a password and tells it
-the outcome afterwards. Failures are counted per account (the normalised username, whether or not
-the account exists, so throttling reveals nothing) and per client IP address. The throttle never
-sleeps: when an attempt is not allowed yet it raises
+:class:`DefaultUserService` *reserves* every attempt with :meth:`LoginThrottle.reserve` before it
+verifies a password: in one atomic step the throttle checks that the attempt is allowed and counts it
+as a failure. When the password is right, :meth:`LoginThrottle.release` takes that count back and
+:meth:`LoginThrottle.record_success` clears the account's failures. So concurrent attempts cannot
+all pass the check before any failure is counted: however many arrive at once, no more passwords are
+checked than the limits below allow. Failures are counted per account (the normalised username,
+whether or not the account exists, so throttling reveals nothing) and per client IP address. The
+throttle never sleeps: when an attempt is not allowed yet it raises
 ``RateLimitedError("users.login_throttled", retry_after=<seconds>)`` and the adapter answers 429
 with a ``Retry-After`` header.
 
 Policy of :class:`MemoryLoginThrottle` (defaults): 5 free failures per account within an hour; after
-that the next attempt must wait ``1 s * 2**(failures - 5)``, at most 15 minutes; never more than 100
+that the next attempt must wait ``1 s * 2**(failures - 6)`` after the last one, at most 15 minutes; never more than 100
 failures per account per hour are accepted. Per IP address: 20 free failures, at most 1,000 an hour
 (IPv6 addresses are grouped by their /64 network). A successful login clears the account's failures
 but not the IP's.
@@ -19,7 +23,11 @@ peer is not one of your trusted proxies: anyone can set those headers, and an at
 rotate them to dodge the per-IP limit. The per-account limit holds regardless of the IP.
 
 The memory throttle is per process; behind several replicas an attacker gets at most that budget on
-each replica. Plug in a shared implementation of :class:`LoginThrottle` when that matters.
+each replica. Plug in a shared implementation of :class:`LoginThrottle` when that matters; its
+:meth:`~LoginThrottle.reserve` must be atomic across replicas (for example one Lua script or one
+transaction that checks and appends). A throttle without ``reserve``/``release`` (written for an
+older maaskit) still works the old way — ``check`` before, ``record_failure`` after the password
+check — and so does not bound concurrent attempts.
 """
 
 from __future__ import annotations
@@ -88,6 +96,15 @@ class LoginThrottle(Protocol):
 
     async def check(self, account: str, client_ip: str | None) -> None:
         """Raise ``RateLimitedError("users.login_throttled", retry_after=...)`` if not allowed now."""
+        ...
+
+    async def reserve(self, account: str, client_ip: str | None) -> None:
+        """Atomically :meth:`check` and, if allowed, count the attempt as a failure (nothing is
+        counted when it raises ``users.login_throttled``)."""
+        ...
+
+    async def release(self, account: str, client_ip: str | None) -> None:
+        """Take back one reserved attempt (its password was right) for the account and the IP."""
         ...
 
     async def record_failure(self, account: str, client_ip: str | None) -> None:
@@ -159,24 +176,44 @@ class MemoryLoginThrottle:
             failures.popleft()
         return failures
 
-    async def check(self, account: str, client_ip: str | None) -> None:
-        """Raise ``users.login_throttled`` with ``retry_after`` (whole seconds) when not allowed yet."""
-        now = self._clock.monotonic()
+    # check and record never await: within one event loop reserve() is atomic
+
+    def _check(self, keys: list[tuple[str, ThrottlePolicy]], now: float) -> None:
         wait = 0.0
-        for key, policy in self._keys(account, client_ip):
+        for key, policy in keys:
             wait = max(wait, policy.retry_at(self._window(key, policy, now)) - now)
         if wait > 0:
             raise RateLimitedError("users.login_throttled", retry_after=math.ceil(wait))
 
-    async def record_failure(self, account: str, client_ip: str | None) -> None:
-        """Count a failure for the account and the IP."""
-        now = self._clock.monotonic()
-        for key, policy in self._keys(account, client_ip):
+    def _record(self, keys: list[tuple[str, ThrottlePolicy]], now: float) -> None:
+        for key, policy in keys:
             failures = self._window(key, policy, now)
             failures.append(now)
             while len(failures) > policy.max_failures:
                 failures.popleft()
             self._failures[key] = failures  # (re)insert: refreshes the entry's TTL
+
+    async def check(self, account: str, client_ip: str | None) -> None:
+        """Raise ``users.login_throttled`` with ``retry_after`` (whole seconds) when not allowed yet."""
+        self._check(self._keys(account, client_ip), self._clock.monotonic())
+
+    async def reserve(self, account: str, client_ip: str | None) -> None:
+        """Check and count the attempt as a failure in one step (no ``await`` in between)."""
+        keys = self._keys(account, client_ip)
+        now = self._clock.monotonic()
+        self._check(keys, now)
+        self._record(keys, now)
+
+    async def release(self, account: str, client_ip: str | None) -> None:
+        """Take back the most recent counted attempt of the account and of the IP."""
+        for key, _policy in self._keys(account, client_ip):
+            failures = self._failures.get(key)
+            if failures:
+                failures.pop()
+
+    async def record_failure(self, account: str, client_ip: str | None) -> None:
+        """Count a failure for the account and the IP."""
+        self._record(self._keys(account, client_ip), self._clock.monotonic())
 
     async def record_success(self, account: str, client_ip: str | None) -> None:
         """Forget the account's failures (the IP's are kept)."""

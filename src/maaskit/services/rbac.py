@@ -22,7 +22,11 @@ is written to the :class:`~maaskit.services.audit.AuditLog`.
 
 Checks are fast: role closures are computed once per role snapshot, and each user's assignments are
 cached for ``cache_ttl`` seconds (default 5; changes made through this instance invalidate at once,
-changes made on another replica are seen within ``cache_ttl``; pass ``cache_ttl=0`` to disable).
+changes made on another replica are seen by this service within ``cache_ttl``; pass ``cache_ttl=0``
+to disable). Callers may cache on top: admission remembers a positive ``models:use`` check per API key
+for its ``permission_ttl`` (default 5 s), so a key whose owner lost ``models:use`` (role removed,
+account disabled) on another replica can still call models for up to ``cache_ttl + permission_ttl``
+(10 s by default). Lower both to tighten that bound.
 For a hot path that checks many permissions per request, :meth:`RbacService.permissions_for` returns
 a :class:`PermissionSet` whose :meth:`PermissionSet.allows` is a plain set lookup.
 """
@@ -58,6 +62,8 @@ __all__ = [
     "RbacService",
     "Role",
     "RoleAssignment",
+    "assigned_permissions",
+    "covers",
     "resolve_closure",
 ]
 
@@ -130,8 +136,9 @@ BUILTIN_ROLES: Final[Mapping[str, RoleRecord]] = {
     ),
 }  # fmt: skip
 
-_ROLE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
-_PERMISSION_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}:[a-z][a-z0-9_]{0,63}$")
+# always used with fullmatch(): "$" would also match before a trailing newline
+_ROLE_NAME_RE = re.compile(r"[a-z][a-z0-9_]{1,63}")
+_PERMISSION_RE = re.compile(r"[a-z][a-z0-9_]{0,63}:[a-z][a-z0-9_]{0,63}")
 _MAX_DESCRIPTION = 512
 _MAX_PERMISSIONS = 256
 
@@ -203,6 +210,33 @@ def _ancestors(name: str, roles: Mapping[str, RoleRecord]) -> set[str]:
 
 def _covers(held: frozenset[str], needed: Iterable[str]) -> bool:
     return ALL_PERMISSIONS in held or all(p in held for p in needed)
+
+
+def covers(held: Collection[str], needed: Iterable[str]) -> bool:
+    """Whether *held* includes every permission of *needed* (always, when *held* has ``"*"``).
+
+    The no-escalation rule for acting on another user's behalf: administering a user
+    (:class:`~maaskit.services.users.DefaultUserService`) or their API keys (the gateway's key routes)
+    needs every permission that user holds.
+    """
+    return _covers(frozenset(held), needed)
+
+
+async def assigned_permissions(rbac: RbacService, user_id: str) -> frozenset[str]:
+    """Every permission *user_id* is assigned, in every scope, whether or not the account is enabled.
+
+    That is what the user (or a key of theirs) holds once enabled, so it is what an actor must
+    :func:`covers` to administer the user. Read from the store, not the permission cache; empty for
+    an id without assignments (not a user, or a user without roles). Roles deleted meanwhile count
+    for nothing.
+    """
+    perms: set[str] = set()
+    for assignment in await rbac.user_roles(user_id):
+        try:
+            perms |= await rbac.role_permissions(assignment.role)
+        except NotFoundError:
+            continue
+    return frozenset(perms)
 
 
 @runtime_checkable
@@ -821,7 +855,7 @@ def _check_team(team_id: str | None) -> None:
 
 
 def _check_role_name(name: str) -> None:
-    if not isinstance(name, str) or not _ROLE_NAME_RE.match(name):
+    if not isinstance(name, str) or not _ROLE_NAME_RE.fullmatch(name):
         raise ValidationError("rbac.invalid_role_name", reason="2..64 characters: a-z, 0-9 and _")
 
 
@@ -834,7 +868,7 @@ def _check_definition(
     if len(perms) > _MAX_PERMISSIONS:
         raise ValidationError("rbac.invalid_permission", permission=f"more than {_MAX_PERMISSIONS}")
     for perm in perms:
-        if not isinstance(perm, str) or not (perm == ALL_PERMISSIONS or _PERMISSION_RE.match(perm)):
+        if not isinstance(perm, str) or not (perm == ALL_PERMISSIONS or _PERMISSION_RE.fullmatch(perm)):
             raise ValidationError("rbac.invalid_permission", permission=str(perm)[:64])
     parent_set = frozenset(parents)
     for parent in parent_set:

@@ -20,15 +20,23 @@ per client IP (:mod:`maaskit.services.login_throttle`); pass as ``client_ip`` on
 one reported by a *trusted* proxy, never a raw ``X-Forwarded-For`` header.
 
 Changing or resetting a password, disabling and deleting a user revoke the user's sessions, refresh
-tokens and API keys through the injected :class:`CredentialRevoker` objects.
+tokens and API keys through the injected :class:`CredentialRevoker` objects. Deleting revokes
+*before* anything is deleted: if a revocation fails the account stays as it was (its keys keep acting
+with its own permissions) and the call can be retried.
+
+Password size limits apply to the NFKC-normalised text, at creation and at login alike, so every
+password that was accepted can be typed in again.
 
 The default admin is *protected*: it cannot be deleted, disabled or lose the admin role
 (``ForbiddenError("users.protected")``), and no operation may remove, disable or demote the last
 enabled admin (``ConflictError("users.last_admin")``).
 
 Administrative methods take an optional ``actor_id``. With it, the actor must hold ``users:manage``
-and every permission the target user holds (a team admin cannot reset an admin's password); without
-it the call is trusted code (bootstrap, CLI) — HTTP adapters must always pass the signed-in user.
+and every permission the target user is assigned — in any scope, and even while the target is
+disabled (a team admin cannot reset an admin's password, nor a disabled admin's and then enable it);
+without it the call is trusted code (bootstrap, CLI) — HTTP adapters must always pass the signed-in
+user. The gateway's key routes apply the same rule to a user's API keys
+(:meth:`maaskit.services.auth.Authenticator.require_covers`).
 """
 
 from __future__ import annotations
@@ -60,7 +68,7 @@ from maaskit.errors import (
 )
 from maaskit.services.audit import AuditLog, AuditOutcome
 from maaskit.services.login_throttle import LoginThrottle, MemoryLoginThrottle
-from maaskit.services.rbac import ADMIN_ROLE, ALL_PERMISSIONS, SYSTEM_ACTOR, RbacService
+from maaskit.services.rbac import ADMIN_ROLE, SYSTEM_ACTOR, RbacService, assigned_permissions, covers
 from maaskit.storage.ports.users import UserRecord, UserStore
 
 __all__ = [
@@ -101,8 +109,12 @@ COMMON_PASSWORDS: Final[frozenset[str]] = frozenset(
     """.split()  # noqa: SIM905 - one word list reads better than 110 quoted strings
 )
 
-_USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{2,63}$")
-_EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+# always used with fullmatch(): "$" would also match before a trailing newline
+_USERNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{2,63}")
+_EMAIL_RE = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+")
+#: Longest raw password text (characters) normalised at all; a DoS bound only, far above what the
+#: NFKC limits below let through.
+_MAX_RAW_PASSWORD: Final = 4 * MAX_PASSWORD_BYTES
 _MAX_EMAIL = 254
 _MAX_DISPLAY_NAME = 128
 _MAX_LIST = 1000
@@ -231,7 +243,7 @@ def normalize_username(username: str) -> str:
     Raises:
         ValidationError: ``users.invalid_username``.
     """
-    if not isinstance(username, str) or not _USERNAME_RE.match(username):
+    if not isinstance(username, str) or not _USERNAME_RE.fullmatch(username):
         raise ValidationError(
             "users.invalid_username", reason="3..64 characters: letters, digits and . _ @ + - (not first)"
         )
@@ -242,26 +254,19 @@ def _prepare(password: str) -> str:
     return unicodedata.normalize("NFKC", password)
 
 
-def validate_password(password: str, *, username: str | None = None) -> str:
-    """Check the password policy; returns the NFKC-normalised password that is hashed.
-
-    8..128 characters, at most 1 KiB of UTF-8, not in :data:`COMMON_PASSWORDS`, not the username.
+def _prepare_bounded(password: object) -> str:
+    """The NFKC form of *password* if it is within the size limits (the one rule of creation and login).
 
     Raises:
-        ValidationError: ``users.invalid_password`` (with a reason that never contains the password) or
-            ``users.password_too_common``.
+        ValidationError: ``users.invalid_password`` (the reason never contains the password).
     """
     if not isinstance(password, str):
         raise ValidationError("users.invalid_password", reason="not a string")
-    if len(password) > 4 * MAX_PASSWORD_BYTES:
+    if len(password) > _MAX_RAW_PASSWORD:
         raise ValidationError(
             "users.invalid_password", reason=f"longer than {MAX_PASSWORD_LENGTH} characters"
         )
     prepared = _prepare(password)
-    if len(prepared) < MIN_PASSWORD_LENGTH:
-        raise ValidationError(
-            "users.invalid_password", reason=f"shorter than {MIN_PASSWORD_LENGTH} characters"
-        )
     if len(prepared) > MAX_PASSWORD_LENGTH:
         raise ValidationError(
             "users.invalid_password", reason=f"longer than {MAX_PASSWORD_LENGTH} characters"
@@ -272,6 +277,32 @@ def validate_password(password: str, *, username: str | None = None) -> str:
         raise ValidationError("users.invalid_password", reason="not valid Unicode text") from None
     if size > MAX_PASSWORD_BYTES:
         raise ValidationError("users.invalid_password", reason=f"longer than {MAX_PASSWORD_BYTES} bytes")
+    return prepared
+
+
+def _login_candidate(password: object) -> str | None:
+    """What a login verifies: the NFKC form under the same size limits as creation, else ``None``."""
+    try:
+        return _prepare_bounded(password)
+    except ValidationError:
+        return None
+
+
+def validate_password(password: str, *, username: str | None = None) -> str:
+    """Check the password policy; returns the NFKC-normalised password that is hashed.
+
+    8..128 characters, at most 1 KiB of UTF-8, not in :data:`COMMON_PASSWORDS`, not the username.
+    The length limits apply to the NFKC-normalised text, at creation and at login alike.
+
+    Raises:
+        ValidationError: ``users.invalid_password`` (with a reason that never contains the password) or
+            ``users.password_too_common``.
+    """
+    prepared = _prepare_bounded(password)
+    if len(prepared) < MIN_PASSWORD_LENGTH:
+        raise ValidationError(
+            "users.invalid_password", reason=f"shorter than {MIN_PASSWORD_LENGTH} characters"
+        )
     folded = prepared.casefold()
     if folded in COMMON_PASSWORDS:
         raise ValidationError("users.password_too_common")
@@ -283,7 +314,7 @@ def validate_password(password: str, *, username: str | None = None) -> str:
 def _check_email(email: str | None) -> str | None:
     if email is None:
         return None
-    if not isinstance(email, str) or len(email) > _MAX_EMAIL or not _EMAIL_RE.match(email):
+    if not isinstance(email, str) or len(email) > _MAX_EMAIL or not _EMAIL_RE.fullmatch(email):
         raise ValidationError("users.invalid_email")
     return email
 
@@ -405,8 +436,10 @@ class DefaultUserService:
             )
             raise ForbiddenError("rbac.forbidden", permission="users:manage")
         if actor_id != target_id:
-            target = await self._rbac.permissions_for(target_id)
-            if ALL_PERMISSIONS not in actor.permissions and not target.permissions <= actor.permissions:
+            # what the target is assigned, in any scope and even while disabled (an actor must not
+            # reset the password of a disabled admin, then enable it)
+            target = await assigned_permissions(self._rbac, target_id)
+            if not covers(actor.permissions, target):
                 await self._audit.record(
                     actor_id,
                     action,
@@ -432,6 +465,29 @@ class DefaultUserService:
                 )
         if failed:
             raise UnavailableError("users.revocation_incomplete", user_id=user_id, failed=failed)
+
+    async def _reserve(self, account: str, client_ip: str | None) -> bool:
+        """Count the attempt as a failure before the password is checked (atomic check-and-count).
+
+        ``False`` for a throttle written before ``reserve``/``release`` existed: it is only asked
+        (``check``) and told about a failure afterwards, as before.
+        """
+        reserve = getattr(self._throttle, "reserve", None)
+        if reserve is None or getattr(self._throttle, "release", None) is None:
+            await self._throttle.check(account, client_ip)
+            return False
+        await reserve(account, client_ip)
+        return True
+
+    async def _failed(self, account: str, client_ip: str | None, reserved: bool) -> None:
+        if not reserved:
+            await self._throttle.record_failure(account, client_ip)
+
+    async def _succeeded(self, account: str, client_ip: str | None, reserved: bool) -> None:
+        """The password was right: take the reserved attempt back and clear the account's failures."""
+        if reserved:
+            await self._throttle.release(account, client_ip)
+        await self._throttle.record_success(account, client_ip)
 
     async def _save(self, record: UserRecord) -> None:
         if not await self._store.update(record):
@@ -576,19 +632,16 @@ class DefaultUserService:
         """
         record = await self._record(user_id)
         account = record.username_normalized
-        await self._throttle.check(account, None)
-        ok = (
-            isinstance(old_password, str)
-            and len(old_password.encode("utf-8", "surrogatepass")) <= 4 * MAX_PASSWORD_BYTES
-            and await self._verify(record.password_hash, _prepare(old_password))
-        )
+        reserved = await self._reserve(account, None)
+        old = _login_candidate(old_password)
+        ok = old is not None and await self._verify(record.password_hash, old)
         if not ok or not record.enabled:
-            await self._throttle.record_failure(account, None)
+            await self._failed(account, None, reserved)
             await self._audit.record(user_id, "users.password_changed", user_id, AuditOutcome.FAILURE)
             raise UnauthenticatedError("users.invalid_credentials")
-        await self._throttle.record_success(account, None)
+        await self._succeeded(account, None, reserved)
         prepared = validate_password(new_password, username=record.username)
-        if prepared == _prepare(old_password):
+        if prepared == old:
             raise ValidationError("users.password_unchanged")
         await self._store_password(record, prepared, actor=user_id)
 
@@ -653,9 +706,10 @@ class DefaultUserService:
         return _to_user(record)
 
     async def delete(self, user_id: str, *, actor_id: str | None = None) -> None:
-        """Delete the account with its role assignments, and revoke its credentials.
+        """Revoke the account's credentials, then delete it with its role assignments.
 
         Raises:
+            UnavailableError: ``users.revocation_incomplete``; nothing was deleted, retry.
             ForbiddenError: ``users.protected``; authorisation errors.
             ConflictError: ``users.last_admin``.
         """
@@ -667,12 +721,14 @@ class DefaultUserService:
             )
             raise ForbiddenError("users.protected")
         await self._rbac.ensure_not_last_admin(user_id)
+        # credentials first: if a revocation fails the account stays (its keys keep its own
+        # permissions, never the "owner is not a user" fallback) and the call can be retried
+        await self._revoke(user_id, "users.deleted")
         await self._rbac.remove_all_roles(user_id, actor_id=actor)
         if not await self._store.delete(user_id):
             raise NotFoundError("users.not_found", user_id=user_id)
         self._rbac.invalidate(user_id)
         await self._audit.record(actor, "users.deleted", user_id, AuditOutcome.SUCCESS)
-        await self._revoke(user_id, "users.deleted")
 
     # -- login ----------------------------------------------------------------------------------
 
@@ -686,18 +742,19 @@ class DefaultUserService:
             ValidationError: ``users.invalid_client_ip``.
         """
         account = _throttle_account(username)
-        await self._throttle.check(account, client_ip)
+        # the attempt counts as a failure before the password is checked, so concurrent attempts
+        # cannot all pass the throttle; a success takes it back
+        reserved = await self._reserve(account, client_ip)
         record: UserRecord | None = None
-        if isinstance(username, str) and _USERNAME_RE.match(username):
+        if isinstance(username, str) and _USERNAME_RE.fullmatch(username):
             record = await self._store.get_by_username(username.lower())
-        usable = (
-            isinstance(password, str) and len(password.encode("utf-8", "surrogatepass")) <= MAX_PASSWORD_BYTES
-        )
-        candidate = _prepare(password) if usable else "-"
+        # the same size rule as creation (NFKC form), so every password accepted there logs in
+        prepared = _login_candidate(password)
+        candidate = "-" if prepared is None else prepared
         stored_hash = record.password_hash if record is not None else await self._dummy()
-        ok = await self._verify(stored_hash, candidate) and usable
+        ok = await self._verify(stored_hash, candidate) and prepared is not None
         if not ok or record is None or not record.enabled:
-            await self._throttle.record_failure(account, client_ip)
+            await self._failed(account, client_ip, reserved)
             await self._audit.record(
                 "anonymous",
                 "users.login",
@@ -705,7 +762,7 @@ class DefaultUserService:
                 AuditOutcome.FAILURE,
             )
             raise UnauthenticatedError("users.invalid_credentials")
-        await self._throttle.record_success(account, client_ip)
+        await self._succeeded(account, client_ip, reserved)
         if self._hasher.check_needs_rehash(record.password_hash):
             record = attrs.evolve(record, password_hash=await self._hash(candidate))
             await self._save(record)
