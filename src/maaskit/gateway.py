@@ -40,6 +40,7 @@ from maaskit.adapters import starlette as mk
 from maaskit.adapters._http import (
     bearer_credential,
     check_declared_length,
+    error_body,
     error_response,
     parse_json_object,
     parse_time,
@@ -133,7 +134,7 @@ class _Gateway:
         admission = await self.admission.admit(credential, body.get("model"), body)  # type: ignore[arg-type]
         upstream_body = admission.upstream_body(body)
         if body.get("stream") is True:  # its headers go out before its cost is known
-            return await self._stream(admission, upstream_body, _headers(admission))
+            return await self._stream(admission, upstream_body, _headers(admission), mk.locale(request))
         try:
             result = await self.ai.chat_completion(upstream_body)
         except BaseException:
@@ -148,12 +149,14 @@ class _Gateway:
         )
 
     async def _stream(
-        self, admission: Any, upstream_body: dict[str, Any], headers: dict[str, str]
+        self, admission: Any, upstream_body: dict[str, Any], headers: dict[str, str], locale: str
     ) -> Response:
         stream: ChatStream
 
         async def settle(usage: Usage) -> None:
-            status: Literal["ok", "cancelled"] = "ok" if stream.completed else "cancelled"
+            status: Literal["ok", "error", "cancelled"] = (
+                "ok" if stream.completed else "error" if stream.failed else "cancelled"
+            )
             await self.admission.settle(
                 admission, usage, status=status, streamed=True, upstream=self.upstream_name
             )
@@ -169,6 +172,10 @@ class _Gateway:
             try:
                 async for chunk in stream:
                     yield chunk
+            except MaasError as error:
+                # The headers are out: the error goes to the client as the last event, the way
+                # OpenAI streams report one (its clients raise it), and the stream ends cleanly.
+                yield b"data: " + orjson.dumps(error_body(error, locale)) + b"\n\n"
             finally:
                 await stream.aclose()
 

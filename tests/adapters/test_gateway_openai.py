@@ -431,3 +431,28 @@ async def test_upstream_failure_before_a_stream_starts_releases_the_reservation(
     assert [(r["requests"], r["errors"]) for r in rows] == [(3, 1)]
     one_call = rows[0]["cost_micros"] // 2
     assert before - later == one_call
+
+
+async def test_an_upstream_break_mid_stream_reaches_the_client_as_an_error_event(gateway: Gateway) -> None:
+    # It was an ASGI crash ("response already started") and a truncated body, recorded as
+    # `cancelled`; now the client's own stream raises the error and the call is recorded as an error.
+    key = await gateway.create_key(budget="0.01")
+    client = gateway.openai(key["secret"])
+    gateway.fake.drop_next_stream(after_chunks=2)
+    received: list[str] = []
+    stream = await client.chat.completions.create(
+        model="fake-model", messages=MESSAGES, max_tokens=16, stream=True
+    )
+
+    async def consume() -> None:
+        async for chunk in stream:
+            received.extend(choice.delta.content or "" for choice in chunk.choices)
+
+    with pytest.raises(openai.APIError) as info:
+        await consume()
+    assert "broke off" in info.value.message
+    assert received  # the events before the break were delivered
+    rows = await gateway.usage(key_id=key["id"])
+    assert [(r["requests"], r["errors"]) for r in rows] == [(1, 1)]
+    assert rows[0]["cost_micros"] > 0  # billed once, on the estimate of what was delivered
+    assert len(gateway.fake.requests) == 1  # never retried after a byte
