@@ -39,6 +39,17 @@ def _budget_left(headers: httpx.Headers) -> int:
     return to_micros(headers["x-maaskit-budget-remaining"], field="header")
 
 
+async def _settled_rows(gateway: Gateway, key_id: str) -> list[dict[str, Any]]:
+    """The key's usage rows once its stream was settled: the official client closes the
+    connection as soon as it reads ``[DONE]``, so the gateway may settle a moment later."""
+
+    async def settled() -> bool:
+        return bool(await gateway.usage(key_id=key_id))
+
+    assert await gateway.eventually(settled), "the stream was never settled"
+    return await gateway.usage(key_id=key_id)
+
+
 # -- the happy paths ------------------------------------------------------------------------------
 
 
@@ -123,7 +134,8 @@ async def test_stream_with_include_usage(gateway: Gateway) -> None:
     assert len(usages) == 1
     prompt = gateway.fake.prompt_tokens(MESSAGES)
     assert (usages[0].prompt_tokens, usages[0].completion_tokens) == (prompt, gateway.fake.completion_tokens)
-    rows = await gateway.usage(key_id=key["id"])
+    rows = await _settled_rows(gateway, key["id"])  # the client closes right after "[DONE]"
+    # ... which is a complete stream: `ok`, not `cancelled`
     assert [(r["requests"], r["errors"], r["prompt_tokens"], r["completion_tokens"]) for r in rows] == [
         (1, 0, prompt, gateway.fake.completion_tokens)
     ]
@@ -145,8 +157,9 @@ async def test_stream_without_include_usage_still_bills_reported_usage(gateway: 
     # ... but the gateway asked the upstream for it, and bills the reported numbers
     assert gateway.fake.requests[-1].json["stream_options"] == {"include_usage": True}
     prompt = gateway.fake.prompt_tokens(MESSAGES)
-    rows = await gateway.usage(key_id=key["id"])
+    rows = await _settled_rows(gateway, key["id"])
     assert len(rows) == 1
+    assert rows[0]["errors"] == 0
     assert (rows[0]["prompt_tokens"], rows[0]["completion_tokens"]) == (
         prompt,
         gateway.fake.completion_tokens,

@@ -437,3 +437,28 @@ async def test_a_broken_stream_is_marked_failed(clock: FakeClock) -> None:
         await consume()
     assert info.value.code == "upstream.stream_interrupted"
     assert (stream.completed, stream.failed) == (False, True)
+
+
+async def test_a_consumer_that_leaves_right_after_done_completed_the_stream(clock: FakeClock) -> None:
+    # OpenAI's clients close the connection as soon as they read "[DONE]": that is not a cancel
+    async def body() -> AsyncIterator[bytes]:
+        yield TEXT_EVENT
+        yield b"data: [DONE]\n\n"
+        await asyncio.sleep(3600)  # the upstream has not closed yet
+
+    def handler(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body())
+
+    transport = HttpxTransport(httpx.AsyncClient(transport=httpx.MockTransport(handler)), owns_client=True)
+    ai = DefaultAiApiService(Upstream(name="x", base_url="http://x.test/v1", api_key=KEY), transport, clock)
+    stream = ai.stream_chat_completion(BODY)
+    async with stream:
+        async for chunk in stream:
+            if b"[DONE]" in chunk:
+                break
+    assert (stream.completed, stream.failed) == (True, False)
+    left = ai.stream_chat_completion(BODY)  # leaving before "[DONE]" is not complete
+    async with left:
+        async for _chunk in left:
+            break
+    assert (left.completed, left.failed) == (False, False)

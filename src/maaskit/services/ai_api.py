@@ -940,7 +940,9 @@ class ChatStream:
         status: the upstream's HTTP status once started.
         headers: the upstream's response headers once started.
         usage: the final :class:`Usage`, once the stream is finished or closed.
-        completed: whether the upstream ended the stream normally.
+        completed: whether the upstream ended the stream normally (its ``[DONE]`` event reached the
+            consumer, or the upstream closed the stream after its last event).
+        failed: whether the stream broke off or the upstream sent something invalid.
     """
 
     def __init__(
@@ -974,6 +976,7 @@ class ChatStream:
         self.usage: Usage | None = None
         self.completed = False
         self.failed = False
+        self._done = False  # the upstream's "data: [DONE]" was read
 
     async def start(self) -> ChatStream:
         """Send the request (idempotent); raises the mapped error if the upstream refuses it."""
@@ -1034,6 +1037,9 @@ class ChatStream:
             async for chunk in resp.iter_chunks():
                 out = self._feed(chunk)
                 if out:
+                    # handing "[DONE]" over completes the stream, even if the consumer leaves
+                    # before the upstream closes (OpenAI's clients close right after it)
+                    self.completed = self._done
                     yield out
             if self._cr:
                 self._add(b"\n")
@@ -1177,7 +1183,10 @@ class ChatStream:
         forward = True
         for index, payload in enumerate(payloads):
             data = payload.strip()
-            if not data or data == b"[DONE]":
+            if data == b"[DONE]":
+                self._done = True
+                continue
+            if not data:
                 continue
             try:
                 obj = orjson.loads(data)
