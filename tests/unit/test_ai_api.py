@@ -212,6 +212,29 @@ async def test_hostile_upstream_json_is_an_invalid_response(
     assert caught.value.code == "upstream.invalid_response"
 
 
+async def test_an_error_object_in_a_200_answer_is_the_upstreams_failure(clock: FakeClock) -> None:
+    # it was a ChatResult billed on an estimate, and test_model said ok
+    error = b'{"error": {"message": "model overloaded", "type": "server_error"}}'
+    client = httpx.AsyncClient(transport=httpx.MockTransport(lambda _r: httpx.Response(200, content=error)))
+    ai = DefaultAiApiService(
+        Upstream(name="fake", base_url="http://x.test/v1", api_key=KEY),
+        HttpxTransport(client, owns_client=True),
+        clock,
+        retry=RetryPolicy(max_attempts=1),
+    )
+    for call in (
+        ai.chat_completion({"model": "fake-model", "messages": MESSAGES}),
+        ai.embeddings({"model": "fake-model", "input": "x"}),
+    ):
+        with pytest.raises(UpstreamError) as caught:
+            await call
+        assert caught.value.code == "upstream.invalid_response"
+        assert "an error object in a successful answer" in str(caught.value)
+    checked = await ai.test_model("fake-model")
+    assert not checked.ok
+    assert checked.error_code == "upstream.invalid_response"
+
+
 @pytest.mark.parametrize("body", [[], {"messages": MESSAGES}, {"model": 3}, {"model": ""}])
 async def test_invalid_bodies_are_refused_before_sending(
     fake: FakeUpstream, clock: FakeClock, body: object

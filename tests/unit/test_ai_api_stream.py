@@ -375,18 +375,22 @@ async def test_a_malformed_usage_event_is_not_forwarded_either(clock: FakeClock)
     assert stream.usage.completion_tokens == 2
 
 
-async def test_an_upstream_that_answers_a_stream_with_json_is_refused_before_any_byte(
-    clock: FakeClock,
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "application/json; charset=utf-8", "text/html", "text/plain"]
+)
+async def test_an_upstream_that_answers_a_stream_with_something_else_is_refused_before_any_byte(
+    clock: FakeClock, content_type: str
 ) -> None:
-    # it was forwarded as text/event-stream and billed on an estimate with no completion
+    # JSON (an upstream that ignored "stream": true) or a proxy's HTML page was forwarded as
+    # text/event-stream and billed on an estimate with no completion
     whole = b'{"choices": [{"message": {"content": "hi"}}], "usage": ' + USAGE_EVENT[32:-1] + b"}"
-    ai = _raw_service(clock, [whole], content_type="application/json")
+    ai = _raw_service(clock, [whole], content_type=content_type)
     calls: list[Usage] = []
     stream = ai.stream_chat_completion(BODY, on_complete=calls.append)
     with pytest.raises(UpstreamError) as info:
         await stream.start()
     assert info.value.code == "upstream.invalid_response"
-    assert "JSON body" in str(info.value)
+    assert f"{content_type.split(';')[0]} where a stream of events was asked for" in str(info.value)
     await stream.aclose()
     assert calls == []  # never started: the caller releases the reservation
 

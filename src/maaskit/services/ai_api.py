@@ -429,7 +429,7 @@ class DefaultAiApiService:
             resp, lease = await self._send_pooled("POST", self._chat_url, out, model=model)
             reported: Usage | None = None
             try:
-                data = self._parse_object(resp.body)
+                data = self._parse_answer(resp.body, "choices")
                 usage = reported = Usage.from_reported(data.get("usage"))
             finally:
                 lease.release(tokens=reported.total_tokens if reported is not None else None)
@@ -439,7 +439,7 @@ class DefaultAiApiService:
             else:
                 payload, model = raw, body["model"]
             resp = await self._send("POST", self._chat_url, self._json_headers, payload, model=model)
-            data = self._parse_object(resp.body)
+            data = self._parse_answer(resp.body, "choices")
             usage = Usage.from_reported(data.get("usage"))
         if usage is None:
             usage = Usage.estimated(
@@ -470,14 +470,14 @@ class DefaultAiApiService:
             resp, lease = await self._send_pooled("POST", self._embeddings_url, out, model=model)
             reported: Usage | None = None
             try:
-                data = self._parse_object(resp.body)
+                data = self._parse_answer(resp.body, "data")
                 usage = reported = Usage.from_reported(data.get("usage"))
             finally:
                 lease.release(tokens=reported.total_tokens if reported is not None else None)
         else:
             payload, model = self._prepare(body, stream=None)
             resp = await self._send("POST", self._embeddings_url, self._json_headers, payload, model=model)
-            data = self._parse_object(resp.body)
+            data = self._parse_answer(resp.body, "data")
             usage = Usage.from_reported(data.get("usage"))
         if usage is None:
             usage = Usage.estimated(self._estimator.prompt_tokens(body), 0)
@@ -861,6 +861,18 @@ class DefaultAiApiService:
             )
         return data
 
+    def _parse_answer(self, body: bytes, expected: str) -> dict[str, Any]:
+        """A successful answer's JSON object; one that carries an ``error`` object and not its
+        *expected* field (``choices``, ``data``) is the upstream's failure, even with HTTP 200."""
+        data = self._parse_object(body)
+        if expected not in data and data.get("error") is not None:
+            raise UpstreamError(
+                "upstream.invalid_response",
+                upstream=self._upstream.name,
+                reason="an error object in a successful answer",
+            )
+        return data
+
     def _model_list(self, body: bytes) -> ModelList:
         data = self._parse_object(body)
         entries = data.get("data")
@@ -999,9 +1011,10 @@ class ChatStream:
         self.status = resp.status
         self.headers = resp.headers
         content_type = resp.headers.get("content-type") or resp.headers.get("Content-Type") or ""
-        if content_type.lower().startswith("application/json"):
-            # an upstream that ignored "stream": true; nothing was delivered yet, so it is
-            # refused like any invalid response (its events could not be accounted)
+        if content_type and not content_type.lower().startswith("text/event-stream"):
+            # JSON from an upstream that ignored "stream": true, a proxy's HTML login page...:
+            # nothing was delivered yet, so it is refused like any invalid response (its
+            # events could not be accounted). A missing content type is taken as events.
             self._closed = True
             self._resp = None
             lease, self._lease = self._lease, None
@@ -1011,7 +1024,7 @@ class ChatStream:
             raise UpstreamError(
                 "upstream.invalid_response",
                 upstream=service.upstream.name,
-                reason="a JSON body where a stream of events was asked for",
+                reason=f"{content_type.split(';')[0].strip()[:64]} where a stream of events was asked for",
             )
         return self
 
