@@ -241,6 +241,30 @@ async def test_rate_limiter_counts_and_refuses_with_retry_after(
     assert (await limiter.hit("other", rpm)).allowed  # subjects are independent
 
 
+async def test_a_refusal_by_several_limits_waits_for_the_longest(
+    limits_store: LimitsStore, clock: FakeClock
+) -> None:
+    # rpm and tpm both refuse: the error said the rpm wait (30 s), and a retry then was refused
+    gate = DefaultLimitsGate(limits_store, clock)
+    limits = AdmissionLimits.simple("k", rpm=2, tpm=1000, estimated_tokens=500)
+    admitted = [await gate.acquire(limits) for _ in range(2)]
+    for decision in admitted:
+        assert decision.allowed
+        assert decision.ticket is not None
+        await gate.settle(decision.ticket, actual_tokens=1000, actual_micros=0)  # twice the estimate
+    refused = await gate.acquire(limits)
+    assert sorted((r.kind.value, r.retry_after_ms) for r in refused.rates if not r.allowed) == [
+        ("requests", 30_000),
+        ("tokens", 90_000),
+    ]
+    assert isinstance(refused.refusal, RateLimitedError)
+    assert refused.refusal.retry_after == 90.0
+    clock.advance(seconds=89.999)
+    assert not (await gate.acquire(limits)).allowed
+    clock.advance(seconds=0.001)
+    assert (await gate.acquire(limits)).allowed
+
+
 async def test_token_limit_adjust_refunds_and_charges(limits_store: LimitsStore, clock: FakeClock) -> None:
     limiter = DefaultRateLimiter(limits_store)
     tpm = RateLimit(1_000, 60, RateKind.TOKENS)

@@ -15,6 +15,7 @@ import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from maaskit.errors import (
     ForbiddenError,
@@ -23,6 +24,7 @@ from maaskit.errors import (
     QuotaExceededError,
     RateLimitedError,
     UnauthenticatedError,
+    UnavailableError,
     ValidationError,
 )
 from maaskit.services.admission import Admission, DefaultAdmissionService, SettleResult, new_request_id
@@ -291,18 +293,57 @@ async def test_release_gives_everything_back_once(env: Env) -> None:
     assert after.remaining.tokens == 1_000 - (PROMPT + 100)  # the estimate was given back
 
 
-async def test_cost_is_clamped_at_the_reservation(env: Env) -> None:
+async def test_cost_is_clamped_at_the_reservation_and_the_excess_is_recorded(env: Env) -> None:
     secret, key = await env.key(budget_micros=10_000)
     admission = await env.service.admit(secret, MODEL, BODY)
-    result = await env.service.settle(admission, Usage(PROMPT, 500, PROMPT + 500, "estimated"))
+    with capture_logs() as logs:
+        result = await env.service.settle(admission, Usage(PROMPT, 500, PROMPT + 500, "estimated"))
+    excess = PROMPT + 1_000 - RESERVE
     assert result.cost_micros == RESERVE
-    assert result.uncharged_micros == PROMPT + 1_000 - RESERVE
+    assert result.uncharged_micros == excess
     assert result.settlement is not None
-    assert result.settlement.committed_micros == RESERVE  # the ledger only ever sees the clamped cost
+    assert result.settlement.committed_micros == RESERVE  # the ledger commits the reservation ...
+    assert result.settlement.overage_micros == excess  # ... and records the excess (it saw 0 before)
     balance = await env.store.balance("key:" + key.id, 0)
-    assert balance.committed_micros == RESERVE
+    assert (balance.committed_micros, balance.overage_micros) == (RESERVE, excess)
+    assert [e["overage_micros"] for e in logs if e["event"] == "budget.overage"] == [excess]
     [record] = env.records()
     assert (record.cost_micros, record.usage_source) == (RESERVE, "estimated")
+
+
+class BlipOnSettleStore(AsyncOnlyStore):
+    """The async store whose settle fails once (a Redis or database blip), then works."""
+
+    __slots__ = ("blips",)
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.blips = 1
+
+    async def settle_admission(self, *args: Any, **kwargs: Any) -> Any:
+        if self.blips:
+            self.blips -= 1
+            raise UnavailableError("redis.unavailable")
+        return await super().settle_admission(*args, **kwargs)
+
+
+async def test_a_settle_the_store_failed_stays_open_and_keeps_its_usage(clock: FakeClock) -> None:
+    # the admission was marked settled before the store answered: a retry replayed, nothing was
+    # committed or recorded, and the sweeper later expired the reservation uncharged
+    env = make_env(clock, BlipOnSettleStore(clock), default_max_tokens=100)
+    secret, key = await env.key(budget_micros=10_000)
+    admission = await env.service.admit(secret, MODEL, BODY)
+    usage = Usage(PROMPT, 10, PROMPT + 10, "reported")
+    with pytest.raises(UnavailableError):
+        await env.service.settle(admission, usage)
+    assert not admission.settled
+    assert [r.request_id for r in env.records()] == [admission.request_id]  # accounting kept it
+    result = await env.service.settle(admission, usage)  # settling again commits the ledger
+    assert not result.replayed
+    balance = await env.store.balance("key:" + key.id, 0)
+    assert (balance.committed_micros, balance.reserved_micros) == (PROMPT + 20, 0)
+    assert {r.request_id for r in env.records()} == {admission.request_id}  # one row once flushed
+    assert (await env.service.settle(admission, usage)).replayed
 
 
 async def test_settle_corrects_the_token_estimate(env: Env) -> None:

@@ -1,6 +1,10 @@
-"""The memory limits store keeps a bounded number of settled reservations."""
+"""Budget stores: the memory store keeps a bounded number of settled reservations; replicas on
+one SQLite file settle a reservation once."""
 
 from __future__ import annotations
+
+import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +55,32 @@ def test_reservation_ids_differ_in_a_forked_child() -> None:
     os.close(read)
     parent = new_reservation_id()
     assert child[:16] != parent[:16]
+
+
+async def test_two_replicas_on_one_sqlite_file_settle_a_reservation_once(tmp_path: Path) -> None:
+    # SQLite has no row locks: both replicas read the reservation open, and the second's update
+    # then changed nothing, which raised budget.reservation_mismatch instead of answering
+    # already_settled
+    from maaskit.clock import SystemClock
+    from maaskit.services.budget import DefaultBudgetLedger
+    from maaskit.storage.sql import Database
+    from maaskit.storage.sql.budget import SqlLedgerStore
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/shared.db"
+    first, second = Database(url), Database(url)
+    await first.migrate()
+    try:
+        a = DefaultBudgetLedger(SqlLedgerStore(first), SystemClock())
+        b = DefaultBudgetLedger(SqlLedgerStore(second), SystemClock())
+        reservations = [await a.reserve("acct", 100, 10**9) for _ in range(40)]
+        outcomes = await asyncio.gather(
+            *(x for r in reservations for x in (a.commit(r, 50), b.commit(r, 50)))
+        )
+        for one, other in zip(outcomes[::2], outcomes[1::2], strict=True):
+            assert sorted([one.already_settled, other.already_settled]) == [False, True]
+            assert one.committed_micros == other.committed_micros == 50
+        balance = await a.balance("acct", 10**9)
+        assert (balance.committed_micros, balance.reserved_micros) == (50 * 40, 0)
+    finally:
+        await first.aclose()
+        await second.aclose()

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from maaskit.errors import ValidationError
+from maaskit.errors import UnavailableError, ValidationError
 from maaskit.services.rate_limit import (
     AdmissionLimits,
     AdmissionPlan,
@@ -20,6 +20,7 @@ from maaskit.services.rate_limit import (
     format_reset,
 )
 from maaskit.storage.memory.limits import MemoryLimitsStore
+from maaskit.storage.ports.limits import BudgetLine, RateOp, ReserveRequest
 from maaskit.testing.clock import FakeClock
 
 
@@ -158,3 +159,29 @@ async def test_admission_headers_show_the_most_restrictive_limit_per_kind(clock:
     }
     assert len(decision.rates) == 4
     assert decision.headers() == fast  # from the per-rate decisions
+
+
+class _FailingLedger(MemoryLimitsStore):
+    """A ledger whose reservations fail (a database that cannot be reached)."""
+
+    __slots__ = ()
+
+    async def reserve(self, request: ReserveRequest) -> Any:
+        raise UnavailableError("database.unavailable")
+
+
+async def test_a_failing_ledger_takes_no_rate_units(clock: FakeClock) -> None:
+    # the SQL-backed store counted the rate units, then the ledger raised: two failed attempts
+    # used up two requests and their token estimates
+    from maaskit.storage.sql.limits import SqlBackedLimitsStore
+
+    rates = MemoryLimitsStore(clock)
+    store = SqlBackedLimitsStore(rates, _FailingLedger(clock))
+    ops = [RateOp("rpm:k", 1, 2, 60_000), RateOp("tpm:k", 500, 1000, 60_000)]
+    reserve = ReserveRequest("r1", 10, (BudgetLine("key:k", 0, None, 100),))
+    for _ in range(2):
+        with pytest.raises(UnavailableError):
+            await store.admit(ops, reserve)
+    admitted = await rates.admit(ops, None)  # the whole minute is still there
+    assert admitted.ok
+    assert (await rates.admit(ops, None)).ok

@@ -29,6 +29,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import json
@@ -42,7 +43,7 @@ import attrs
 
 from maaskit._tasks import shared_task
 from maaskit.clock import Clock, SystemClock
-from maaskit.errors import ForbiddenError, NotFoundError, ValidationError
+from maaskit.errors import ForbiddenError, MaasError, NotFoundError, ValidationError
 from maaskit.money import MAX_MICROS
 from maaskit.services.ai_api import Usage
 from maaskit.services.api_keys import ApiKey, ApiKeyService
@@ -653,6 +654,11 @@ class DefaultAdmissionService:
 
         Every value is checked before anything is settled: a bad *usage*, *status* or *upstream*
         raises ``ValidationError`` and leaves the admission open (release it or settle again).
+
+        The ledger gets the actual cost: it commits at most the reservation and records (and logs)
+        the excess as overage on the period's counters. If the limits store fails (a Redis or
+        database blip), the usage is recorded all the same (idempotent by request id), the error
+        propagates and the admission stays open: settling it again commits the ledger.
         """
         if admission.settled:
             return _REPLAYED
@@ -666,11 +672,17 @@ class DefaultAdmissionService:
         settlement = None
         gate = self._sync_gate
         if gate is not None and decision._allowed:
-            settlement = gate._settle_admitted_now(decision, total, charged)
+            settlement = gate._settle_admitted_now(decision, total, actual)
         else:
             ticket = decision.ticket
             if ticket is not None:
-                settlement = await self._gate.settle(ticket, actual_tokens=total, actual_micros=charged)
+                try:
+                    settlement = await self._gate.settle(ticket, actual_tokens=total, actual_micros=actual)
+                except BaseException:
+                    admission.settled = False  # the ledger did not answer: settling again commits it
+                    with contextlib.suppress(MaasError):  # (a full usage buffer: the store's error wins)
+                        self._usage.record(record)  # the request happened: accounting keeps it
+                    raise
         self._usage.record(record)
         return SettleResult(charged, actual - charged, settlement)
 
@@ -687,5 +699,9 @@ class DefaultAdmissionService:
         else:
             ticket = decision.ticket
             if ticket is not None:
-                await self._gate.release(ticket)
+                try:
+                    await self._gate.release(ticket)
+                except BaseException:
+                    admission.settled = False  # the ledger did not answer: release again
+                    raise
         self._usage.record(record)

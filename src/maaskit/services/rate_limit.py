@@ -1299,6 +1299,10 @@ def _ticket_of_limits(limits: AdmissionLimits, rid: str | None, starts: tuple[in
     return GateTicket(rid, limits.reserve_micros, limits._token_limits, starts)
 
 
+def _waits_longer(decision: RateLimitDecision, than: RateLimitDecision) -> bool:
+    return (decision.retry_after_ms or 0) > (than.retry_after_ms or 0)
+
+
 def _refusal(
     decisions: tuple[RateLimitDecision, ...],
     budgets: tuple[BudgetCheck, ...],
@@ -1307,10 +1311,21 @@ def _refusal(
     ends: Sequence[int | None],
     now_ts: float,
 ) -> MaasError | None:
-    """The precise error of a refused admission: the first refusing rate, else the first budget."""
+    """The precise error of a refused admission: a refusing rate, else the first budget.
+
+    Of several refusing rates, one that can never pass (``rate_limit.request_too_large``) wins,
+    then the one with the longest wait: after ``retry_after`` the request must pass them all.
+    """
+    refused = None
     for decision in decisions:
-        if not decision.allowed:
-            return decision.error()
+        if not decision.allowed and (
+            refused is None or decision.too_large or _waits_longer(decision, refused)
+        ):
+            refused = decision
+            if decision.too_large:
+                break
+    if refused is not None:
+        return refused.error()
     for i, (b, bal) in enumerate(zip(budgets, balances, strict=True)):
         if bal.committed_micros + bal.reserved_micros + amount > b.limit_micros:
             return budget_exceeded(

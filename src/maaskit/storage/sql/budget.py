@@ -59,6 +59,10 @@ _reservations: sa.Table = BudgetReservationRow.__table__  # type: ignore[attr-de
 _OPEN = "open"
 
 
+class _SettledMeanwhile(Exception):
+    """Another replica settled the reservation between this transaction's read and its update."""
+
+
 class _Refused(Exception):
     def __init__(self, balances: tuple[LedgerBalance, ...]) -> None:
         super().__init__("refused")
@@ -180,7 +184,18 @@ class SqlLedgerStore:
         return ReserveOutcome(True, balances)
 
     async def settle(self, reservation_id: str, actual_micros: int | None) -> SettleOutcome:
-        """Commit or release a reservation exactly once, in one transaction (see the port)."""
+        """Commit or release a reservation exactly once, in one transaction (see the port).
+
+        PostgreSQL locks the reservation's rows first. SQLite has no row locks: two replicas can
+        both read it open, and the second one's conditional update then changes nothing; its
+        transaction is rolled back and the settlement read again (``already_settled``).
+        """
+        try:
+            return await self._settle_once(reservation_id, actual_micros)
+        except _SettledMeanwhile:
+            return await self._settle_once(reservation_id, actual_micros)
+
+    async def _settle_once(self, reservation_id: str, actual_micros: int | None) -> SettleOutcome:
         now = self._clock.now()
         async with self._transaction() as conn:
             query = sa.select(
@@ -221,6 +236,8 @@ class SqlLedgerStore:
                     status=status.value, committed_micros=committed, overage_micros=overage, settled_at=now
                 )
             )
+            if result.rowcount == 0 and self._db.dialect != "postgresql":
+                raise _SettledMeanwhile  # by another replica, after our read (rolls this back)
             if result.rowcount != len(rows):  # pragma: no cover - prevented by the row lock
                 raise ConflictError("budget.reservation_mismatch", reservation_id=reservation_id)
             for row in rows:

@@ -29,8 +29,9 @@ class SqlBackedLimitsStore:
     """A :class:`~maaskit.storage.ports.limits.LimitsStore` from a rate store and a ledger store.
 
     ``admit`` checks the rates first; when they pass and a reservation is asked for, the
-    ledger reserves it, and a refused reservation gives the rate units back: all or nothing,
-    as the port requires (a concurrent admission may briefly see the units in between).
+    ledger reserves it, and a refused reservation gives the rate units back, as does a ledger
+    that fails or a cancelled admission: all or nothing, as the port requires (a concurrent
+    admission may briefly see the units in between).
 
     Args:
         rates: keeps the rate-limit counters (e.g. :class:`MemoryLimitsStore`).
@@ -51,7 +52,11 @@ class SqlBackedLimitsStore:
         outcome = await self._rates.admit(rates, None)
         if not outcome.ok or reserve is None:
             return outcome
-        reserved = await self._ledger.reserve(reserve)
+        try:
+            reserved = await self._ledger.reserve(reserve)
+        except BaseException:  # the ledger failed or the caller went away: no admission happened
+            await self._give_back(rates)
+            raise
         if reserved.ok:
             return AdmitOutcome(True, outcome.now_ms, outcome.rates, reserved)
         await self._give_back(rates)
