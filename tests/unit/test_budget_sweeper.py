@@ -196,3 +196,36 @@ async def test_app_runs_the_sweeper_with_the_redis_backend(redis_url: str) -> No
         assert sweeper.supported
         assert sweeper.running
     assert not sweeper.running
+
+
+async def test_a_sweep_deletes_settled_reservations_older_than_the_timeout(
+    sql_db: Database, clock: FakeClock
+) -> None:
+    # every request with a budget left a settled row behind, and nothing ever deleted them
+    from sqlalchemy import func, select
+
+    sql_store = SqlLedgerStore(sql_db, clock)
+    from maaskit.storage.sql.tables.budget import BudgetReservationRow
+
+    table = BudgetReservationRow.__table__  # type: ignore[attr-defined]
+
+    async def rows() -> int:
+        async with sql_db.engine.connect() as conn:
+            return int((await conn.execute(select(func.count()).select_from(table))).scalar_one())
+
+    ledger = DefaultBudgetLedger(sql_store, clock)
+    old = [await ledger.reserve("acct", 10, 10**9) for _ in range(5)]
+    for reservation in old:
+        await ledger.commit(reservation, 5)
+    clock.advance(seconds=3600)
+    recent = await ledger.reserve("acct", 10, 10**9)
+    await ledger.commit(recent, 5)
+    still_open = await ledger.reserve("acct", 10, 10**9)
+    clock.advance(seconds=1)
+    sweeper = ReservationSweeper(sql_store, clock, timeout=3600, batch_size=2)
+    assert await sweeper.sweep() == 0  # nothing abandoned: the open one is recent
+    assert await rows() == 2  # the recent settled row and the open one stay
+    assert (await ledger.commit(recent, 5)).already_settled  # its idempotency record is kept
+    assert not (await ledger.commit(still_open, 5)).already_settled
+    balance = await sql_store.balance("acct", 0)
+    assert (balance.committed_micros, balance.reserved_micros) == (35, 0)  # counters untouched

@@ -533,7 +533,24 @@ class ReservationSweeper:
                 break
         if total:
             log.warning("budget.reservations_expired", released=total, timeout=self._timeout)
+        await self._prune()
         return total
+
+    async def _prune(self) -> None:
+        """Delete settled reservations older than the timeout (SQL keeps a row per budget line
+        and request; Redis lets them expire): their idempotency records are not needed longer."""
+        delete = getattr(self._store, "delete_settled", None)
+        if delete is None:
+            return
+        before = self._clock.now() - timedelta(seconds=self._timeout)
+        deleted = 0
+        for _ in range(self.max_batches):
+            count = int(await delete(before, limit=self._batch_size))
+            deleted += count
+            if count < self._batch_size:
+                break
+        if deleted:
+            log.debug("budget.settled_reservations_deleted", deleted=deleted)
 
     async def start(self) -> None:
         """Start the sweep loop (idempotent); nothing for a store that cannot sweep."""

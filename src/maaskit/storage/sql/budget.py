@@ -336,12 +336,22 @@ class SqlLedgerStore:
             return False
         return True
 
-    async def delete_settled(self, before: datetime) -> int:
-        """Delete reservations settled before *before* (their idempotency record); returns the count."""
+    async def delete_settled(self, before: datetime, *, limit: int = 1000) -> int:
+        """Delete at most *limit* reservations settled before *before* (their idempotency record:
+        a later settle of one is ``budget.reservation_not_found``); returns how many rows went.
+
+        Every request with a budget leaves one settled row per budget line, so
+        :class:`~maaskit.services.budget.ReservationSweeper` calls this after each sweep, in
+        batches (short transactions: SQLite holds its write lock for each).
+        """
         async with self._transaction() as conn:
+            ids = (
+                sa.select(_reservations.c.reservation_id)
+                .where(_reservations.c.status != _OPEN, _reservations.c.settled_at < before)
+                .limit(limit)
+                .scalar_subquery()
+            )
             result = await conn.execute(
-                sa.delete(_reservations).where(
-                    _reservations.c.status != _OPEN, _reservations.c.settled_at < before
-                )
+                sa.delete(_reservations).where(_reservations.c.reservation_id.in_(ids))
             )
         return int(result.rowcount)

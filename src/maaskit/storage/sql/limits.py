@@ -8,6 +8,7 @@ minute), while committed spend survives restarts in ``maaskit_budget_*``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from maaskit.storage.ports.limits import (
     AdmitOutcome,
@@ -95,6 +96,11 @@ class SqlBackedLimitsStore:
     async def balance(self, account: str, period_start: int) -> LedgerBalance:
         """See :meth:`LedgerStore.balance`."""
         return await self._ledger.balance(account, period_start)
+
+    async def delete_settled(self, before: datetime, *, limit: int = 1000) -> int:
+        """See :meth:`SqlLedgerStore.delete_settled`; 0 when the ledger keeps no settled rows."""
+        delete = getattr(self._ledger, "delete_settled", None)
+        return 0 if delete is None else int(await delete(before, limit=limit))
 
     async def release_stale(self, created_before_ms: int, *, limit: int = 1000) -> int:
         """See :meth:`StaleReservationSweeper.release_stale`; 0 when the ledger cannot sweep."""
