@@ -92,8 +92,8 @@ class Settings(BaseSettings):
     # -- gateway -------------------------------------------------------------------------
     upstream_url: str | None = None
     upstream_api_key: SecretStr | None = None
-    upstream_timeout: float = Field(default=600.0, gt=0)
-    upstream_connect_timeout: float = Field(default=5.0, gt=0)
+    upstream_timeout: float = Field(default=600.0, gt=0, allow_inf_nan=False)
+    upstream_connect_timeout: float = Field(default=5.0, gt=0, allow_inf_nan=False)
     upstream_max_retries: int = Field(default=2, ge=0, le=10)
     upstream_retry_after_cap: float = Field(default=10.0, ge=0)
     default_max_tokens: int = Field(default=4096, ge=1)

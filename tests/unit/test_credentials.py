@@ -481,3 +481,102 @@ def test_error_messages_in_both_languages() -> None:
         assert "gpt-4o" in text
         assert "3.5" in text
         assert "credentials." not in text
+
+
+# -- review fixes: ASCII-only secrets, rotation with a lease open ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("secret", "kind"),
+    [
+        ("sk-SECRET\u00e9\u20ac", "api_key"),
+        ("sk-SECRET\u200b", "api_key"),
+        ("sk-SECRET value", "api_key"),
+        ("sk-SECRET\t", "api_key"),
+        ("sk-SECRET\x7f", "api_key"),
+        ("sid=SECRET\u00e9", "cookie"),
+        (" sid=SECRET", "cookie"),
+        ("sid=SECRET\x01", "cookie"),
+    ],
+)
+async def test_secrets_must_be_ascii_and_errors_never_hold_them(
+    clock: FakeClock, secret: str, kind: str
+) -> None:
+    # httpx refuses a non-ASCII header with an exception whose args carry the whole value
+    pool = await make_pool(clock)
+    with pytest.raises(ValidationError) as info:
+        await pool.add("u", secret, kind=kind)
+    assert info.value.code == "credentials.invalid"
+    for text in (str(info.value), repr(info.value), repr(info.value.params), repr(info.value.args)):
+        assert "SECRET" not in text
+    assert pool.list() == []
+    good = await pool.add("u", "sk-good" if kind == "api_key" else "sid=1", kind=kind)
+    with pytest.raises(ValidationError) as rotated:
+        await pool.rotate_secret(good.id, secret)
+    assert "SECRET" not in repr(rotated.value)
+
+
+async def test_cookie_secrets_may_hold_inner_spaces(clock: FakeClock) -> None:
+    pool = await make_pool(clock)
+    await pool.add("sg", "a=1; b=2", kind="cookie")
+    lease = pool.acquire("m", upstream="sg")
+    assert lease.header_value == "a=1; b=2"
+    lease.release()
+    with pytest.raises(ValidationError) as info:
+        await pool.add("sg", "abc", kind="cookie", header_format="s\u00e9ssion={secret}")
+    assert "format" in info.value.params["reason"]
+
+
+async def test_a_stored_non_ascii_secret_loads_as_unusable(clock: FakeClock) -> None:
+    secrets = DefaultSecretService(MemorySecretStore(), MasterKey(os.urandom(32), key_id="k1"), clock=clock)
+    store = MemoryCredentialStore()
+    pool = DefaultCredentialPool(store, secrets=secrets, clock=clock)
+    await pool.load()
+    cred = await pool.add("u", SECRET)
+    await secrets.store(f"credential/{cred.id}", "sk-SECRET\u20ac")  # written before the rule
+    again = DefaultCredentialPool(store, secrets=secrets, clock=clock)
+    await again.load()
+    (loaded,) = again.list()
+    assert (loaded.enabled, loaded.disabled_reason) == (False, "secret_missing")
+    with pytest.raises(UnavailableError):
+        again.acquire("m")
+
+
+async def test_rotating_a_secret_keeps_open_leases_on_the_live_state(clock: FakeClock) -> None:
+    store = MemoryCredentialStore()
+    pool = DefaultCredentialPool(store, clock=clock, strategy=Strategy.LEAST_USED)
+    await pool.load()
+    a = await pool.add("u", "sk-a", name="a")
+    b = await pool.add("u", "sk-b", name="b")
+    lease = pool.acquire("m")
+    assert lease.credential_id == a.id
+    rotated = await pool.rotate_secret(a.id, "sk-a2")
+    assert rotated.enabled
+    lease.release(200, tokens=100)  # the request that began before the rotation ends well
+    stats = {s.name: s for s in pool.stats()}
+    assert (stats["a"].in_flight, stats["a"].successes, stats["a"].tokens) == (0, 1, 100)
+    # nothing is stuck in flight: least-used alternates again
+    names = []
+    for _ in range(4):
+        lease = pool.acquire("m")
+        names.append(lease.credential.name)
+        assert lease.header_value in ("Bearer sk-a2", "Bearer sk-b")
+        lease.release(200)
+    assert sorted(names) == ["a", "a", "b", "b"]
+    await pool.flush()
+    usage = await store.usage()
+    assert (usage[a.id].requests, usage[a.id].successes, usage[a.id].tokens) == (3, 3, 100)
+    assert usage[b.id].successes == 2
+
+
+async def test_rotating_a_missing_secret_makes_the_credential_usable(clock: FakeClock) -> None:
+    store = MemoryCredentialStore()
+    pool = DefaultCredentialPool(store, clock=clock)
+    await pool.load()
+    cred = await pool.add("u", SECRET)
+    fresh = DefaultCredentialPool(store, clock=clock)  # no secret service: the secret is gone
+    await fresh.load()
+    assert fresh.get(cred.id).disabled_reason == "secret_missing"
+    await fresh.rotate_secret(cred.id, "sk-renewed")
+    assert fresh.get(cred.id).enabled
+    assert fresh.acquire("m").header_value == "Bearer sk-renewed"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from maaskit.errors import UnavailableError, UpstreamError
+from maaskit.errors import RateLimitedError, UnavailableError, UpstreamError
 from maaskit.services.ai_api import DefaultAiApiService
 from maaskit.services.credentials import DefaultCredentialPool
 from maaskit.services.upstream import HttpxTransport, RetryPolicy, Upstream
@@ -150,3 +150,90 @@ async def test_without_pool_behaviour_is_unchanged(clock: FakeClock) -> None:
     result = await ai.chat_completion({"model": "fake-model", "messages": MESSAGES})
     assert result.status == 200
     assert fake.requests[0].authorized
+
+
+# -- review fixes ---------------------------------------------------------------------------
+
+
+class _Sleeps:
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.clock.advance(seconds=seconds)
+
+
+async def pool_service(
+    clock: FakeClock, fake: FakeUpstream, sleeps: _Sleeps, **pool_kwargs: object
+) -> tuple[DefaultAiApiService, DefaultCredentialPool]:
+    pool = DefaultCredentialPool(MemoryCredentialStore(), clock=clock, **pool_kwargs)  # type: ignore[arg-type]
+    await pool.load()
+    transport = HttpxTransport(httpx.AsyncClient(transport=fake.httpx_transport()), owns_client=True)
+    ai = DefaultAiApiService(
+        Upstream(name="fake", base_url=fake.base_url),
+        transport,
+        clock,
+        retry=RetryPolicy(sleep=sleeps, retry_after_cap=10),
+        credentials=pool,
+    )
+    return ai, pool
+
+
+async def test_a_lone_rate_limited_credential_gives_the_upstreams_429_not_exhausted(clock: FakeClock) -> None:
+    # it used to sleep ~0.5 s, retry into a credential cooling down for 30 s and fail with
+    # credentials.exhausted (503)
+    fake = FakeUpstream(api_key=GOOD)
+    sleeps = _Sleeps(clock)
+    ai, pool = await pool_service(clock, fake, sleeps)  # rate_limit_cooldown: 30 s
+    await pool.add("fake", GOOD)
+    fake.fail_next(429)  # no Retry-After
+    with pytest.raises(RateLimitedError) as info:
+        await ai.chat_completion({"model": "fake-model", "messages": MESSAGES})
+    assert info.value.code == "upstream.rate_limited"
+    assert info.value.params["retry_after"] == 30
+    assert sleeps.waits == []  # no sleep into a certain failure
+    assert len(fake.requests) == 1
+    (stats,) = pool.stats()
+    assert (stats.in_flight, dict(stats.failures)) == (0, {429: 1})
+
+
+async def test_a_short_cooldown_is_waited_out_and_retried(clock: FakeClock) -> None:
+    fake = FakeUpstream(api_key=GOOD)
+    sleeps = _Sleeps(clock)
+    ai, pool = await pool_service(clock, fake, sleeps, rate_limit_cooldown=2)
+    await pool.add("fake", GOOD)
+    fake.fail_next(429)
+    result = await ai.chat_completion({"model": "fake-model", "messages": MESSAGES})
+    assert result.status == 200
+    assert sleeps.waits == [2.0]  # the cooldown, not the 0.25-0.5 s backoff
+    (stats,) = pool.stats()
+    assert (stats.successes, stats.in_flight) == (1, 0)
+
+
+async def test_two_rate_limited_credentials_fail_fast_with_the_cooldown(clock: FakeClock) -> None:
+    fake = FakeUpstream(api_key=GOOD)
+    sleeps = _Sleeps(clock)
+    ai, pool = await pool_service(clock, fake, sleeps)
+    await pool.add("fake", GOOD, name="a")
+    await pool.add("fake", GOOD, name="b")
+    fake.fail_next(429, times=2)
+    with pytest.raises(RateLimitedError) as info:
+        await ai.chat_completion({"model": "fake-model", "messages": MESSAGES})
+    assert info.value.params["retry_after"] == 30
+    assert (len(fake.requests), sleeps.waits) == (2, [])
+
+
+async def test_an_overflowing_retry_after_date_releases_the_lease(clock: FakeClock) -> None:
+    # parse_retry_after raised OverflowError inside the attempt: the lease was never released
+    fake = FakeUpstream(api_key=GOOD)
+    sleeps = _Sleeps(clock)
+    ai, pool = await pool_service(clock, fake, sleeps)
+    await pool.add("fake", GOOD)
+    fake.fail_next(429, retry_after="Mon, 01 Jan 99999999999999 00:00:00 GMT")
+    with pytest.raises(RateLimitedError) as info:
+        await ai.chat_completion({"model": "fake-model", "messages": MESSAGES})
+    assert info.value.code == "upstream.rate_limited"
+    (stats,) = pool.stats()
+    assert (stats.in_flight, dict(stats.failures), stats.available) == (0, {429: 1}, False)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from decimal import Decimal
 
 import httpx
@@ -16,6 +18,7 @@ from maaskit.services.litellm import (
     LiteLLMConfig,
     ModelInfo,
     check_model_id,
+    check_price,
     decode_json,
     encode_json,
     parse_model_info,
@@ -129,6 +132,9 @@ def test_ordinary_model_ids_pass(good: str) -> None:
         ("Infinity", "finite"),
         ("1000000", "above"),
         ("1e-30", "places"),
+        ("1e-1000028", "places"),  # normalize() rounded it to 0: a price would become free
+        ("1e-999999999", "places"),
+        ('"1E-1000028"', "places"),
     ],
 )
 def test_hostile_prices_become_problems(value: str, reason: str) -> None:
@@ -327,3 +333,102 @@ def test_config_from_settings_requires_url_and_key() -> None:
     )
     assert cfg.base_url == "http://127.0.0.1:4000"
     assert MASTER not in repr(cfg)
+
+
+# -- review fixes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["1e-1000028", "1E-19", "0.0000000000000000001"])
+def test_a_non_zero_price_never_becomes_zero(value: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        check_price(value, field="input_cost_per_token")
+    assert "places" in info.value.params["reason"]
+    with pytest.raises(ValidationError):
+        ModelInfo("m", input_cost_per_token=Decimal(value))
+    assert check_price("1E-18", field="x") == Decimal("1E-18")
+    assert check_price("0.100000000000000000000000000000", field="x") == Decimal("0.1")
+
+
+def _service(handler: object, **config: object) -> DefaultLiteLLMService:
+    clock = FakeClock()
+    return DefaultLiteLLMService(
+        LiteLLMConfig(base_url="http://proxy", master_key=MASTER, **config),  # type: ignore[arg-type]
+        httpx.AsyncClient(transport=httpx.MockTransport(handler)),  # type: ignore[arg-type]
+        clock=clock,
+        breaker=CircuitBreaker("litellm", clock, failure_threshold=2),
+        retry=RetryPolicy(max_attempts=1, sleep=_nosleep),
+    )
+
+
+async def test_an_undecodable_body_is_an_invalid_response() -> None:
+    # httpx.DecodingError escaped raw from _request and _probe
+    service = _service(
+        lambda request: httpx.Response(200, headers={"content-encoding": "gzip"}, content=b"not gzip")
+    )
+    with pytest.raises(UpstreamError) as info:
+        await service.get_models()
+    assert info.value.code == "litellm.invalid_response"
+    check = await service.test_connection()  # never raises
+    assert (check.ok, check.error) == (False, "litellm.invalid_response")
+    with pytest.raises(UpstreamError) as ping:
+        await service.ping()
+    assert ping.value.code == "litellm.invalid_response"
+    with pytest.raises(UpstreamError):
+        await service.fetch_models()
+    assert service.breaker.state is CircuitState.OPEN  # counted as failures
+
+
+async def test_total_timeout_bounds_a_trickled_answer() -> None:
+    # the total timeout became a per-read gap: a proxy trickling bytes was never cut off
+    class Trickle(httpx.AsyncByteStream):
+        async def __aiter__(self):  # type: ignore[no-untyped-def]
+            yield b'{"data": ['
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                yield b" "
+            yield b"]}"
+
+    service = _service(
+        lambda request: httpx.Response(200, stream=Trickle()),
+        timeouts=Timeouts(connect=1.0, read=1.0, total=0.3),
+    )
+    started = time.monotonic()
+    with pytest.raises(UpstreamError) as info:
+        await service.get_models()
+    assert info.value.code == "litellm.timeout"
+    assert time.monotonic() - started < 2.0
+    check = await service.test_connection()
+    assert check.error == "litellm.timeout"
+    assert time.monotonic() - started < 4.0
+
+
+async def test_the_body_size_limit_applies_while_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    import maaskit.services.litellm as litellm_module
+
+    monkeypatch.setattr(litellm_module, "_MAX_BODY", 64 * 1024)
+    pulled = [0]
+
+    class Big(httpx.AsyncByteStream):
+        async def __aiter__(self):  # type: ignore[no-untyped-def]
+            for _ in range(64):  # 1 MiB in all
+                pulled[0] += 1
+                yield b" " * 16384
+
+    service = _service(lambda request: httpx.Response(200, stream=Big()))
+    with pytest.raises(UpstreamError) as info:
+        await service.fetch_models()
+    assert info.value.code == "litellm.invalid_response"
+    assert str(64 * 1024) in info.value.params["reason"]
+    assert pulled[0] <= 5  # stopped at the limit, not read whole
+    with pytest.raises(UpstreamError):
+        await service.get_models()
+    assert service.breaker.state is CircuitState.OPEN
+
+
+@pytest.mark.parametrize("key", ["sk-SECRET\u20ac", "sk-SECRET\u00e9", "sk SECRET", "sk-SECRET\t"])
+def test_master_key_must_be_visible_ascii(key: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        DefaultLiteLLMService(LiteLLMConfig(base_url="http://proxy", master_key=key))
+    assert info.value.code == "litellm.invalid_config"
+    for text in (str(info.value), repr(info.value), repr(info.value.params)):
+        assert "SECRET" not in text

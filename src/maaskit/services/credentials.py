@@ -63,6 +63,7 @@ import structlog
 from maaskit._tasks import cancel_and_wait
 from maaskit.clock import Clock, SystemClock
 from maaskit.errors import MaasError, NotFoundError, UnavailableError, ValidationError
+from maaskit.services.upstream import defer_retry
 from maaskit.storage.ports.credentials import (
     CredentialRecord,
     CredentialStore,
@@ -431,7 +432,7 @@ class Lease:
         mapped: whether the model map named it (else ``upstream_model`` is the client's name).
     """
 
-    __slots__ = ("_cred", "_pool", "_released", "_reported", "mapped", "model", "upstream_model")
+    __slots__ = ("_cred", "_group", "_pool", "_released", "_reported", "mapped", "model", "upstream_model")
 
     def __init__(
         self,
@@ -440,9 +441,11 @@ class Lease:
         model: str | None,
         upstream_model: str | None,
         mapped: bool,
+        group: _Group | None = None,
     ) -> None:
         self._pool = pool
         self._cred = cred
+        self._group = group
         self.model = model
         self.upstream_model = upstream_model
         self.mapped = mapped
@@ -491,10 +494,16 @@ class Lease:
             self._pool._success(self._cred, tokens)
 
     def report_failure(self, status: int, retry_after: float | None = None) -> None:
-        """The request failed with HTTP *status* (``0``: no answer); *retry_after* in seconds."""
+        """The request failed with HTTP *status* (``0``: no answer); *retry_after* in seconds.
+
+        When this cools the credential down and leaves none of the lease's candidates usable,
+        a running :class:`~maaskit.services.upstream.RetryPolicy` is told (through
+        :func:`~maaskit.services.upstream.defer_retry`) how long until one is back, so it does
+        not retry into ``credentials.exhausted``.
+        """
         if not self._reported:
             self._reported = True
-            self._pool._failure(self._cred, status, retry_after)
+            self._pool._failure(self._cred, status, retry_after, self._group)
 
     def release(
         self, outcome: int | None = None, *, retry_after: float | None = None, tokens: int | None = None
@@ -751,14 +760,24 @@ class DefaultCredentialPool:
     async def _read_secret(self, record: CredentialRecord) -> str | None:
         try:
             if self._secrets is None:
-                return self._memory_secrets.get(record.secret_ref)
-            return (await self._secrets.retrieve(record.secret_ref)).decode("utf-8")
+                secret = self._memory_secrets.get(record.secret_ref)
+            else:
+                secret = (await self._secrets.retrieve(record.secret_ref)).decode("utf-8")
         except MaasError as exc:
             _log.error("credentials.secret_unreadable", credential=record.id, code=exc.code)
             return None
         except UnicodeDecodeError:
             _log.error("credentials.secret_unreadable", credential=record.id, code="not_utf8")
             return None
+        header = record.header_format.replace(_PLACEHOLDER, secret) if secret is not None else ""
+        if secret is not None and not (
+            _secret_ok(secret, record.kind) and header.isascii() and header.isprintable()
+        ):
+            # stored before secrets had to be ASCII: it cannot be sent (nor may it reach an
+            # exception), so the credential loads as unusable
+            _log.error("credentials.secret_unreadable", credential=record.id, code="not_ascii")
+            return None
+        return secret
 
     def _restore(self, cred: _Cred, totals: CredentialUsage) -> None:
         cred.requests = cred.base_requests = totals.requests
@@ -826,7 +845,7 @@ class DefaultCredentialPool:
             raise ValidationError("credentials.invalid", reason="kind must be api_key or cookie") from None
         if not isinstance(upstream, str) or not upstream or len(upstream) > 100:
             raise ValidationError("credentials.invalid", reason="the upstream must be 1-100 characters")
-        _check_secret(secret)
+        _check_secret(secret, kind)
         default_header, default_format = _DEFAULT_HEADERS[kind]
         header = _check_header(header if header is not None else default_header)
         header_format = _check_format(header_format if header_format is not None else default_format)
@@ -883,25 +902,17 @@ class DefaultCredentialPool:
             ValidationError: ``credentials.invalid``.
         """
         cred = self._get(credential_id)
-        _check_secret(secret)
+        _check_secret(secret, cred.record.kind)
         await self._write_secret(cred.record.secret_ref, secret)
-        new = _Cred(cred.record, secret)
-        self._copy_state(cred, new)
-        self._creds[credential_id] = new
+        # in place: leases still open on this credential report into the same live state
+        # (their release, outcome and tokens count; in_flight comes back down)
+        cred.secret = secret
+        cred.header_value = cred.record.header_format.replace(_PLACEHOLDER, secret)
+        cred.usable = cred.record.enabled
+        cred.public = _public(cred.record, True)
         self._reindex()
         _log.info("credentials.rotated", credential=credential_id)
-        return new.public
-
-    @staticmethod
-    def _copy_state(old: _Cred, new: _Cred) -> None:
-        for name in (
-            "requests", "successes", "tokens", "base_requests", "base_successes", "base_tokens",
-            "consecutive", "last_used", "last_failure", "cooldown_until", "cooldown_dirty",
-            "in_flight", "last_seq", "score", "record_dirty",
-        ):  # fmt: skip
-            setattr(new, name, getattr(old, name))
-        new.failures = old.failures
-        new.base_failures = old.base_failures
+        return cred.public
 
     async def update(
         self,
@@ -1035,8 +1046,8 @@ class DefaultCredentialPool:
         cred.last_used = now
         name = group.names.get(cred.id)
         if name is None:
-            return Lease(self, cred, model, model, False)
-        return Lease(self, cred, model, name, True)
+            return Lease(self, cred, model, model, False, group)
+        return Lease(self, cred, model, name, True, group)
 
     def resolve(self, model: str, *, upstream: str | None = None) -> tuple[Credential, str]:
         """The credential the strategy picks next for *model*, and the upstream's name of *model*.
@@ -1138,7 +1149,9 @@ class DefaultCredentialPool:
         if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens > 0:
             cred.tokens += tokens
 
-    def _failure(self, cred: _Cred, status: int, retry_after: float | None) -> None:
+    def _failure(
+        self, cred: _Cred, status: int, retry_after: float | None, group: _Group | None = None
+    ) -> None:
         if not isinstance(status, int) or isinstance(status, bool) or not 0 <= status <= 999:
             status = 0
         now = self._monotonic()
@@ -1184,6 +1197,21 @@ class DefaultCredentialPool:
                 )
         if changed:
             self._gen += 1
+        if group is not None and (status in self._cooldown_statuses or status in self._disable_statuses):
+            defer_retry(self._until_available(group, now))
+
+    @staticmethod
+    def _until_available(group: _Group, now: float) -> float | None:
+        """Seconds until one of *group*'s credentials can be leased again: ``None`` when one can
+        now, ``inf`` when none ever will (all disabled)."""
+        soonest = _INF
+        for c in group.members:
+            if not c.usable:
+                continue
+            if c.cooldown_until <= now:
+                return None
+            soonest = min(soonest, c.cooldown_until - now)
+        return soonest
 
     # -- statistics ---------------------------------------------------------------------------
 
@@ -1312,17 +1340,24 @@ class DefaultCredentialPool:
 # validation
 
 
-def _check_secret(secret: object) -> str:
-    if (
-        not isinstance(secret, str)
-        or not secret
-        or len(secret) > _MAX_SECRET
-        or any(ch in secret for ch in "\r\n\x00")
-        or not secret.isprintable()
-    ):
-        raise ValidationError(
-            "credentials.invalid", reason=f"the secret must be 1-{_MAX_SECRET} printable characters"
-        )
+def _secret_ok(secret: object, kind: CredentialKind | str) -> bool:
+    """A secret goes into a header as is, so it must be ASCII (httpx raises on anything else,
+    with the whole header value in the exception): visible ASCII for an API key; a cookie may
+    also hold inner spaces (``a=1; b=2``)."""
+    if not isinstance(secret, str) or not secret or len(secret) > _MAX_SECRET:
+        return False
+    if not (secret.isascii() and secret.isprintable()):  # no control character, tab or line break
+        return False
+    if kind == CredentialKind.COOKIE:
+        return secret.strip() == secret
+    return " " not in secret
+
+
+def _check_secret(secret: object, kind: CredentialKind | str = CredentialKind.API_KEY) -> str:
+    if not _secret_ok(secret, kind):
+        what = "visible ASCII characters (a cookie may also contain spaces)"
+        raise ValidationError("credentials.invalid", reason=f"the secret must be 1-{_MAX_SECRET} {what}")
+    assert isinstance(secret, str)
     return secret
 
 
@@ -1337,10 +1372,11 @@ def _check_format(value: object) -> str:
         not isinstance(value, str)
         or len(value) > 200
         or value.count(_PLACEHOLDER) != 1
-        or any(ch in value for ch in "\r\n\x00")
+        or not (value.isascii() and value.isprintable())
     ):
         raise ValidationError(
-            "credentials.invalid", reason="the header format must contain {secret} once and no line breaks"
+            "credentials.invalid",
+            reason="the header format must be printable ASCII containing {secret} once",
         )
     return value
 

@@ -166,10 +166,16 @@ def check_price(value: object, *, field: str) -> Decimal | None:
         )
     if price == 0:
         return Decimal(0)
-    price = price.normalize()
-    exponent = price.as_tuple().exponent
+    # count the places on the exact digits: normalize() rounds to the context, and a tiny
+    # non-zero value (1e-1000028) would come back as 0
+    _sign, digits, exponent = price.as_tuple()
     assert isinstance(exponent, int)
-    if -exponent > PRICE_PLACES:
+    trailing = len(digits) - len(bytes(digits).rstrip(b"\x00"))
+    if -(exponent + trailing) > PRICE_PLACES:
+        raise ValidationError("catalog.invalid_price", field=field, reason=f"more than {PRICE_PLACES} places")
+    # at most 18 places and at most 1: at most 19 significant digits, exact in the context
+    price = price.normalize()
+    if price == 0:  # cannot happen after the check above; a non-zero price never becomes zero
         raise ValidationError("catalog.invalid_price", field=field, reason=f"more than {PRICE_PLACES} places")
     return price
 
@@ -698,7 +704,8 @@ class LiteLLMConfig:
     Attributes:
         base_url: the proxy's root (``http://127.0.0.1:4000``; no ``/v1``).
         master_key: the proxy's master key (``str`` or ``SecretStr``); never in a repr.
-        timeouts: request timeouts (a stalled proxy fails after ``read`` seconds).
+        timeouts: request timeouts (a stalled proxy fails after ``read`` seconds; every call,
+            retries aside, ends within ``total`` seconds, a slowly trickled answer included).
         name: label in errors, logs and the circuit breaker.
     """
 
@@ -844,7 +851,9 @@ class DefaultLiteLLMService:
             timeouts=config.timeouts,
         )
         if transport is None:
-            transport = HttpxTransport(client, timeouts=config.timeouts)
+            # the size cap applies while reading (after decompression), and the total timeout
+            # is a deadline over the whole exchange
+            transport = HttpxTransport(client, timeouts=config.timeouts, max_response_bytes=_MAX_BODY)
         self._transport = transport
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._breaker = breaker if breaker is not None else CircuitBreaker(config.name, self._clock)
@@ -989,9 +998,13 @@ class DefaultLiteLLMService:
 
     async def _probe(self, path: str) -> Any:
         try:
-            resp = await self._transport.request("GET", self._upstream.url(path), headers=self._headers)
+            resp = await self._transport.request(
+                "GET", self._upstream.url(path), headers=self._headers, timeout=self._config.timeouts
+            )
         except TransportError as exc:
             raise self._transport_error(exc) from None
+        except UpstreamError as exc:
+            raise self._oversized(exc) from None
         if not 200 <= resp.status < 300:
             self._raise_for_status(resp)
         try:
@@ -1126,6 +1139,12 @@ class DefaultLiteLLMService:
         except TransportError as exc:
             breaker.record_failure(probe)
             raise self._transport_error(exc) from None
+        except UpstreamError as exc:
+            if exc.code != "upstream.invalid_response":
+                breaker.release(probe)
+                raise
+            breaker.record_failure(probe)  # as the size check after reading always did
+            raise self._oversized(exc) from None
         except BaseException:
             breaker.release(probe)
             raise
@@ -1162,7 +1181,15 @@ class DefaultLiteLLMService:
             return UpstreamError("litellm.unreachable", upstream=self.name)
         if isinstance(exc, TransportTimeoutError):
             return UpstreamError("litellm.timeout", upstream=self.name)
-        return _invalid(self.name, "the connection broke off")
+        # a dropped connection, or a body its content-encoding cannot decode
+        return _invalid(self.name, "the connection broke off or the body could not be decoded")
+
+    def _oversized(self, exc: UpstreamError) -> MaasError:
+        """The transport's ``upstream.invalid_response`` (a body over the size cap) as this
+        proxy's ``litellm.invalid_response``; other errors pass unchanged."""
+        if exc.code != "upstream.invalid_response":
+            return exc
+        return _invalid(self.name, str(exc.params.get("reason") or "the body is too large"))
 
     def _raise_for_status(self, resp: UpstreamResponse) -> NoReturn:
         status = resp.status
@@ -1201,8 +1228,18 @@ class DefaultLiteLLMService:
 def _secret(value: Any) -> str:
     if value is not None and not isinstance(value, str) and hasattr(value, "get_secret_value"):
         value = value.get_secret_value()
-    if not isinstance(value, str) or not value or any(c in value for c in "\r\n"):
-        raise ValidationError("litellm.invalid_config", reason="the master key is empty or malformed")
+    # sent as a header: visible ASCII only (anything else makes httpx raise with the key in the
+    # exception's args); the error never holds the key
+    if (
+        not isinstance(value, str)
+        or not value
+        or not (value.isascii() and value.isprintable())
+        or " " in value
+    ):
+        raise ValidationError(
+            "litellm.invalid_config",
+            reason="the master key must be non-empty visible ASCII (no spaces or control characters)",
+        )
     return value
 
 

@@ -10,6 +10,10 @@ Every request a gateway forwards to an OpenAI-compatible upstream goes through a
   (and users' own clients) work. The httpx API costs measurably more per request, which is why
   it is not the default for forwarding.
 
+Both enforce the same :class:`Timeouts` (``total`` is a deadline for the whole exchange, a
+streamed body included) and read at most ``max_response_bytes`` of a buffered body
+(decompressed; :data:`DEFAULT_MAX_RESPONSE_BYTES` by default).
+
 A transport does plain HTTP and nothing else: it never retries, never follows redirects, and
 turns its library's exceptions into :class:`TransportError` subclasses, so the layer above
 (:class:`maaskit.services.ai_api.DefaultAiApiService`) depends on neither aiohttp nor httpx.
@@ -36,10 +40,11 @@ import asyncio
 import math
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 import attrs
@@ -56,7 +61,7 @@ from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 from maaskit.clock import Clock
-from maaskit.errors import UnavailableError, ValidationError
+from maaskit.errors import UnavailableError, UpstreamError, ValidationError
 
 if TYPE_CHECKING:
     import aiohttp
@@ -66,6 +71,7 @@ if TYPE_CHECKING:
     from maaskit.settings import Settings
 
 __all__ = [
+    "DEFAULT_MAX_RESPONSE_BYTES",
     "DEFAULT_RETRY_STATUSES",
     "AiohttpTransport",
     "CircuitBreaker",
@@ -80,6 +86,7 @@ __all__ = [
     "Upstream",
     "UpstreamResponse",
     "UpstreamTransport",
+    "defer_retry",
     "parse_retry_after",
 ]
 
@@ -87,6 +94,9 @@ _log = structlog.get_logger(__name__)
 
 #: Statuses retried by default: request timeout, conflict, too many requests and every 5xx.
 DEFAULT_RETRY_STATUSES: frozenset[int] = frozenset({408, 409, 429, *range(500, 600)})
+
+#: The largest response body a transport reads by default (bytes, after decompression).
+DEFAULT_MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,10 +140,15 @@ class TransportClosedError(TransportError):
 class Timeouts:
     """Timeouts of one upstream request, in seconds (``None``: no limit).
 
+    Each limit is ``None`` or a finite number of seconds above zero (``inf`` and ``nan`` are
+    refused: write ``None`` for no limit).
+
     Attributes:
         connect: to establish a connection (including waiting for a pooled one).
         read: between two reads of the response (the gap between streamed chunks).
-        total: the whole exchange, streamed body included.
+        total: the whole exchange, from sending the request to the end of the body, a streamed
+            body included: reading a stream past the deadline raises
+            :class:`TransportTimeoutError`, whatever the gaps between its chunks.
     """
 
     connect: float | None = 5.0
@@ -143,11 +158,48 @@ class Timeouts:
     def __attrs_post_init__(self) -> None:
         for name in ("connect", "read", "total"):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, int | float) and value > 0):
-                raise ValidationError("upstream.invalid_config", reason=f"timeout {name} must be > 0")
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ValidationError(
+                    "upstream.invalid_config",
+                    reason=f"timeout {name} must be a finite number of seconds > 0 (or None)",
+                    field=name,
+                )
 
 
 _DEFAULT_TIMEOUTS = Timeouts()
+
+
+def _check_max_response_bytes(value: int | None) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValidationError(
+            "upstream.invalid_config", reason="max_response_bytes must be a positive integer or None"
+        )
+    return value
+
+
+def _origin(url: str) -> str:
+    """``host[:port]`` of *url* (for errors: never a path, query or credentials)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "?"
+        port = parts.port
+    except ValueError:
+        return "?"
+    return f"{host}:{port}" if port is not None else host
+
+
+def _too_large(url: str, limit: int) -> UpstreamError:
+    return UpstreamError(
+        "upstream.invalid_response",
+        upstream=_origin(url),
+        reason=f"the response body is larger than max_response_bytes ({limit} bytes)",
+        limit=limit,
+    )
 
 
 async def _no_close() -> None:
@@ -240,7 +292,9 @@ class UpstreamTransport(Protocol):
         Raises:
             TransportConnectError: nothing was sent.
             TransportTimeoutError: the answer did not come in time.
-            TransportClosedError: the connection broke off.
+            TransportClosedError: the connection broke off, or the body could not be decoded.
+            UpstreamError: ``upstream.invalid_response`` when a body read whole is larger than
+                the transport's ``max_response_bytes`` (reading stops at the limit).
         """
         ...
 
@@ -259,6 +313,10 @@ class AiohttpTransport:
     The session is created lazily inside the running event loop on the first request (a
     transport must be used from a single loop). Redirects are never followed.
 
+    ``Timeouts`` map to ``aiohttp.ClientTimeout``: ``connect`` to ``connect`` (waiting for a
+    pooled connection included) and ``sock_connect``, ``read`` to ``sock_read``, ``total`` to
+    ``total`` (which covers a streamed body too).
+
     Args:
         timeouts: default timeouts for requests that pass none.
         limit: maximum number of simultaneous connections (all hosts).
@@ -266,6 +324,11 @@ class AiohttpTransport:
         keepalive_timeout: seconds an idle pooled connection is kept.
         ttl_dns_cache: seconds DNS answers are cached.
         ssl: an ``ssl.SSLContext``, ``False`` to skip verification, or ``True`` (default checks).
+        max_response_bytes: the largest body read whole (every non-streamed answer, and the
+            non-2xx answer of a stream request), counted after decompression; a larger one
+            raises ``UpstreamError("upstream.invalid_response")`` once the limit is passed,
+            without reading further. ``None``: no limit. A streamed 2xx body is not limited
+            here (the service bounds each event).
     """
 
     def __init__(
@@ -277,8 +340,10 @@ class AiohttpTransport:
         keepalive_timeout: float = 30.0,
         ttl_dns_cache: int = 300,
         ssl: Any = True,
+        max_response_bytes: int | None = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self._timeouts = timeouts
+        self._max_body = _check_max_response_bytes(max_response_bytes)
         self._limit = limit
         self._limit_per_host = limit_per_host
         self._keepalive_timeout = keepalive_timeout
@@ -290,6 +355,11 @@ class AiohttpTransport:
         self._last_timeouts: Timeouts | None = None
         self._last_client_timeout: Any = None
         self._urls: dict[str, Any] = {}
+
+    @property
+    def max_response_bytes(self) -> int | None:
+        """The largest body read whole (``None``: no limit)."""
+        return self._max_body
 
     def _get_session(self) -> aiohttp.ClientSession:
         session = self._session
@@ -317,8 +387,13 @@ class AiohttpTransport:
         if found is None:
             import aiohttp
 
+            # connect: the whole acquisition (a new connection, or the wait for a pooled one);
+            # sock_connect: the socket connect of a new one
             found = aiohttp.ClientTimeout(
-                total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
+                total=timeouts.total,
+                connect=timeouts.connect,
+                sock_connect=timeouts.connect,
+                sock_read=timeouts.read,
             )
             self._client_timeouts[timeouts] = found
         return found
@@ -368,7 +443,7 @@ class AiohttpTransport:
             )
             if not stream or not 200 <= resp.status < 300:
                 try:
-                    body = await resp.read()
+                    body = await _aiohttp_body(resp, self._max_body, url)
                 finally:
                     resp.release()
                 return UpstreamResponse(resp.status, resp.headers, body)
@@ -384,6 +459,31 @@ class AiohttpTransport:
 
     def __repr__(self) -> str:
         return f"AiohttpTransport(limit={self._limit})"
+
+
+async def _aiohttp_body(resp: aiohttp.ClientResponse, limit: int | None, url: str) -> bytes:
+    """The whole (decompressed) body, refused once it passes *limit* bytes."""
+    if limit is None:
+        return await resp.read()
+    length = resp.content_length
+    if length is not None and "Content-Encoding" not in resp.headers:
+        # an identity body of a known length: aiohttp reads exactly that many bytes
+        if length > limit:
+            resp.close()
+            raise _too_large(url, limit)
+        return await resp.read()
+    content = resp.content
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await content.readany()  # aiohttp inflates in bounded steps as it is read
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            resp.close()
+            raise _too_large(url, limit)
+        chunks.append(chunk)
 
 
 def _closer(resp: aiohttp.ClientResponse) -> Callable[[], Awaitable[None]]:
@@ -432,10 +532,19 @@ def _map_aiohttp_error(exc: BaseException) -> BaseException:
 class HttpxTransport:
     """A transport over any ``httpx.AsyncClient`` (e.g. one built on ``httpx.MockTransport``).
 
+    ``Timeouts`` map to ``httpx.Timeout`` (``connect`` to ``connect`` and ``pool``, ``read`` to
+    ``read`` and ``write``). httpx has no total timeout of its own, so ``total`` is enforced here
+    with an asyncio deadline over the whole exchange: sending, the answer, reading a body whole,
+    and every read of a streamed body (as aiohttp's ``ClientTimeout(total=...)`` does, a stream
+    read past the deadline raises :class:`TransportTimeoutError`).
+
     Args:
         client: the client to send through; ``None`` creates a default one.
         timeouts: default timeouts for requests that pass none.
         owns_client: close *client* in :meth:`aclose` (default: only a client created here).
+        max_response_bytes: the largest body read whole, after decompression (see
+            :class:`AiohttpTransport`); ``None``: no limit. httpx inflates one network read at
+            a time, so the body held never passes the limit by more than that one read.
     """
 
     def __init__(
@@ -444,22 +553,30 @@ class HttpxTransport:
         *,
         timeouts: Timeouts = _DEFAULT_TIMEOUTS,
         owns_client: bool | None = None,
+        max_response_bytes: int | None = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         import httpx
 
+        self._max_body = _check_max_response_bytes(max_response_bytes)
         self._owns = owns_client if owns_client is not None else client is None
         self._client = client if client is not None else httpx.AsyncClient()
         self._timeouts = timeouts
         self._httpx_timeouts: dict[Timeouts, httpx.Timeout] = {}
+
+    @property
+    def max_response_bytes(self) -> int | None:
+        """The largest body read whole (``None``: no limit)."""
+        return self._max_body
 
     def _timeout(self, timeouts: Timeouts) -> httpx.Timeout:
         found = self._httpx_timeouts.get(timeouts)
         if found is None:
             import httpx
 
-            # httpx has no "total" timeout; read bounds each gap, falling back to total.
-            read = timeouts.read if timeouts.read is not None else timeouts.total
-            found = httpx.Timeout(connect=timeouts.connect, read=read, write=read, pool=timeouts.connect)
+            # pool: waiting for a pooled connection counts as connecting (nothing was sent)
+            found = httpx.Timeout(
+                connect=timeouts.connect, read=timeouts.read, write=timeouts.read, pool=timeouts.connect
+            )
             self._httpx_timeouts[timeouts] = found
         return found
 
@@ -475,24 +592,34 @@ class HttpxTransport:
     ) -> UpstreamResponse:
         """Send one request through the httpx client (see :class:`UpstreamTransport`)."""
         client = self._client
+        timeouts = timeout or self._timeouts
+        deadline: float | None = None
         try:
             req = client.build_request(
-                method,
-                url,
-                headers=headers,
-                content=json_body,
-                timeout=self._timeout(timeout or self._timeouts),
+                method, url, headers=headers, content=json_body, timeout=self._timeout(timeouts)
             )
-            resp = await client.send(req, stream=True, follow_redirects=False)
-            if not stream or not 200 <= resp.status_code < 300:
-                try:
-                    body = await resp.aread()
-                finally:
-                    await resp.aclose()
-                return UpstreamResponse(resp.status_code, resp.headers, body)
+            if timeouts.total is None:
+                resp = await client.send(req, stream=True, follow_redirects=False)
+                if not stream or not 200 <= resp.status_code < 300:
+                    return await self._read_whole(resp, url)
+            else:
+                deadline = asyncio.get_running_loop().time() + timeouts.total
+                async with asyncio.timeout_at(deadline):
+                    resp = await client.send(req, stream=True, follow_redirects=False)
+                    if not stream or not 200 <= resp.status_code < 300:
+                        return await self._read_whole(resp, url)
         except BaseException as exc:
             raise _map_httpx_error(exc) from None
-        return UpstreamResponse(resp.status_code, resp.headers, chunks=_httpx_chunks(resp), close=resp.aclose)
+        return UpstreamResponse(
+            resp.status_code, resp.headers, chunks=_httpx_chunks(resp, deadline), close=resp.aclose
+        )
+
+    async def _read_whole(self, resp: httpx.Response, url: str) -> UpstreamResponse:
+        try:
+            body = await _httpx_body(resp, self._max_body, url)
+        finally:
+            await resp.aclose()  # closes the connection when the body was not read to the end
+        return UpstreamResponse(resp.status_code, resp.headers, body)
 
     async def aclose(self) -> None:
         """Close the client if this transport owns it."""
@@ -503,9 +630,44 @@ class HttpxTransport:
         return "HttpxTransport()"
 
 
-async def _httpx_chunks(resp: httpx.Response) -> AsyncIterator[bytes]:
+async def _httpx_body(resp: httpx.Response, limit: int | None, url: str) -> bytes:
+    """The whole (decoded) body, refused once it passes *limit* bytes."""
+    if limit is None:
+        return await resp.aread()
+    headers = resp.headers
+    length = headers.get("content-length")
+    if length is not None and length.isascii() and length.isdigit() and "content-encoding" not in headers:
+        # an identity body of a known length: httpx reads exactly that many bytes
+        if int(length) > limit:
+            raise _too_large(url, limit)
+        return await resp.aread()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(url, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _httpx_chunks(resp: httpx.Response, deadline: float | None) -> AsyncIterator[bytes]:
+    chunks = resp.aiter_bytes()
     try:
-        async for chunk in resp.aiter_bytes():
+        if deadline is None:
+            async for chunk in chunks:
+                if chunk:
+                    yield chunk
+            return
+        loop = asyncio.get_running_loop()
+        while True:
+            if loop.time() >= deadline:
+                raise TransportTimeoutError("total timeout")
+            async with asyncio.timeout_at(deadline):  # never around the yield
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    return
             if chunk:
                 yield chunk
     except (GeneratorExit, asyncio.CancelledError):
@@ -520,12 +682,19 @@ def _map_httpx_error(exc: BaseException) -> BaseException:
     if not isinstance(exc, Exception) or isinstance(exc, TransportError):
         return exc
     name = type(exc).__name__
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
         return TransportConnectError(name)
     if isinstance(exc, httpx.TimeoutException):
         return TransportTimeoutError(name)
-    if isinstance(exc, httpx.TransportError | httpx.StreamError):
+    if isinstance(exc, TimeoutError):  # the total deadline (asyncio.timeout_at)
+        return TransportTimeoutError("total timeout")
+    if isinstance(exc, httpx.RequestError | httpx.StreamError):
+        # transport errors, and DecodingError (a body its content-encoding cannot decode),
+        # TooManyRedirects...: the answer is unusable, like aiohttp's ClientPayloadError
         return TransportClosedError(name)
+    if isinstance(exc, UnicodeEncodeError):
+        # a header that is not ASCII: the exception's args hold the whole value (maybe a key)
+        return ValidationError("upstream.invalid_config", reason="a request header is not ASCII")
     return exc
 
 
@@ -555,17 +724,30 @@ def _check_base_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _is_token(value: str) -> bool:
+    """Visible ASCII only (``!``..``~``): no space, tab, control or non-ASCII character."""
+    return value.isascii() and value.isprintable() and " " not in value
+
+
 def _api_key(value: str | SecretStr | None) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
         value = value.get_secret_value()
-    if not value or any(ch in value for ch in "\r\n"):
-        raise ValidationError("upstream.invalid_config", reason="the API key is empty or malformed")
+    # a key goes into a header as is: httpx refuses anything but ASCII with an exception whose
+    # args carry the whole header value, so such a key is refused here (the error never holds it)
+    if not isinstance(value, str) or not value or not _is_token(value):
+        raise ValidationError(
+            "upstream.invalid_config",
+            reason="the API key must be non-empty visible ASCII (no spaces or control characters)",
+        )
     return value
 
 
 _FORBIDDEN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+_HEADER_NAME_CHARS = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
 
 
 def _headers(value: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -575,6 +757,13 @@ def _headers(value: Mapping[str, str] | None) -> Mapping[str, str]:
             raise ValidationError("upstream.invalid_config", reason="header names and values must be strings")
         if any(ch in name + header_value for ch in "\r\n") or not name.strip():
             raise ValidationError("upstream.invalid_config", reason="a header contains a line break")
+        if not set(name) <= _HEADER_NAME_CHARS:
+            raise ValidationError("upstream.invalid_config", reason="a header name is not an HTTP token")
+        if not (header_value.isascii() and header_value.isprintable()):
+            # the value is not named: it may be a credential
+            raise ValidationError(
+                "upstream.invalid_config", reason=f"the value of header {name!r} is not printable ASCII"
+            )
         if name.lower() in _FORBIDDEN_HEADERS:
             raise ValidationError("upstream.invalid_config", reason=f"header {name!r} cannot be set")
         out[name] = header_value
@@ -659,7 +848,8 @@ class Upstream:
 def parse_retry_after(value: str | None, clock: Clock) -> float | None:
     """Seconds to wait from a ``Retry-After`` value (delta-seconds or an HTTP date), or ``None``.
 
-    A date in the past gives ``0.0``; an unparseable or negative value gives ``None``.
+    A date in the past gives ``0.0``; an unparseable, out-of-range or negative value gives
+    ``None`` (the caller falls back to its own backoff).
     """
     if value is None:
         return None
@@ -671,14 +861,61 @@ def parse_retry_after(value: str | None, clock: Clock) -> float | None:
     except ValueError:
         try:
             when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+            if when.tzinfo is None:
+                return None
+            return max(0.0, (when - clock.now()).total_seconds())
+        except (TypeError, ValueError, IndexError, OverflowError):
+            # OverflowError: a year beyond what datetime (or a C int) holds
             return None
-        if when.tzinfo is None:
-            return None
-        return max(0.0, (when - clock.now()).total_seconds())
     if not math.isfinite(seconds) or seconds < 0:
         return None
     return seconds
+
+
+class _RetryScope:
+    """What the attempts of one :meth:`RetryPolicy.call` told it (see :func:`defer_retry`)."""
+
+    __slots__ = ("wait",)
+
+    def __init__(self) -> None:
+        self.wait: float | None = None
+
+
+_SCOPE: ContextVar[_RetryScope | None] = ContextVar("maaskit_retry_scope", default=None)
+
+
+def defer_retry(seconds: float | None) -> None:
+    """Tell the :class:`RetryPolicy` running the current attempt that another attempt cannot
+    succeed for *seconds* (``math.inf``: not at all; ``None``: no such knowledge).
+
+    Called from inside an attempt, e.g. by a credential pool whose every credential for the
+    request is cooling down. The policy then waits at least that long before the next attempt,
+    or, when that is beyond its ``retry_after_cap``, returns the answer at once (with a
+    ``Retry-After`` of that many seconds when the upstream sent none) instead of sleeping into a
+    certain failure. The hint covers the attempt that gave it only. Outside a policy's call
+    (no retries running) it does nothing.
+    """
+    scope = _SCOPE.get()
+    if scope is not None:
+        scope.wait = seconds
+
+
+def _with_retry_after(resp: UpstreamResponse, scope: _RetryScope | None, clock: Clock) -> UpstreamResponse:
+    """*resp* with ``Retry-After: <the deferral>`` when an attempt deferred the retry and the
+    upstream's answer says nothing usable about when to come back."""
+    if scope is None or scope.wait is None or resp.streaming or not math.isfinite(scope.wait):
+        return resp
+    headers = resp.headers
+    if parse_retry_after(headers.get("Retry-After"), clock) is not None:
+        return resp  # the upstream's own word stands
+    value = str(max(1, math.ceil(scope.wait)))
+    copy: Any
+    try:
+        copy = headers.copy()  # type: ignore[attr-defined]  # httpx.Headers, CIMultiDict, dict
+        copy["Retry-After"] = value
+    except (AttributeError, TypeError):
+        copy = {**headers, "Retry-After": value}
+    return UpstreamResponse(resp.status, copy, resp.body)
 
 
 def _retry_after_of(state: RetryCallState, clock: Clock) -> float | None:
@@ -692,27 +929,37 @@ def _retry_after_of(state: RetryCallState, clock: Clock) -> float | None:
 
 
 class _WaitRetryAfter(wait_base):
-    """Wait what the upstream's ``Retry-After`` says, else the fallback backoff."""
+    """Wait what the upstream's ``Retry-After`` says, else the fallback backoff; never less than
+    an attempt's :func:`defer_retry`."""
 
-    def __init__(self, clock: Clock, fallback: wait_base) -> None:
+    def __init__(self, clock: Clock, fallback: wait_base, scope: _RetryScope) -> None:
         self._clock = clock
         self._fallback = fallback
+        self._scope = scope
 
     def __call__(self, retry_state: RetryCallState) -> float:
         seconds = _retry_after_of(retry_state, self._clock)
-        if seconds is not None:
-            return seconds
-        return float(self._fallback(retry_state))
+        if seconds is None:
+            seconds = float(self._fallback(retry_state))
+        deferred = self._scope.wait
+        if deferred is not None and deferred > seconds:
+            return deferred
+        return seconds
 
 
 class _StopOnLongRetryAfter(stop_base):
-    """Stop at once when the upstream asks for a wait beyond the cap (fail fast)."""
+    """Stop at once when the upstream (or an attempt's :func:`defer_retry`) asks for a wait
+    beyond the cap (fail fast)."""
 
-    def __init__(self, clock: Clock, cap: float) -> None:
+    def __init__(self, clock: Clock, cap: float, scope: _RetryScope) -> None:
         self._clock = clock
         self._cap = cap
+        self._scope = scope
 
     def __call__(self, retry_state: RetryCallState) -> bool:
+        deferred = self._scope.wait
+        if deferred is not None and deferred > self._cap:
+            return True
         seconds = _retry_after_of(retry_state, self._clock)
         return seconds is not None and seconds > self._cap
 
@@ -720,17 +967,22 @@ class _StopOnLongRetryAfter(stop_base):
 class _Replay:
     """Attempt function for tenacity whose first call replays an outcome already in hand."""
 
-    __slots__ = ("_first", "_fn")
+    __slots__ = ("_first", "_fn", "_scope")
 
     def __init__(
-        self, first: UpstreamResponse | BaseException, fn: Callable[[], Awaitable[UpstreamResponse]]
+        self,
+        first: UpstreamResponse | BaseException,
+        fn: Callable[[], Awaitable[UpstreamResponse]],
+        scope: _RetryScope,
     ):
         self._first: UpstreamResponse | BaseException | None = first
         self._fn = fn
+        self._scope = scope
 
     async def __call__(self) -> UpstreamResponse:
         first, self._first = self._first, None
         if first is None:
+            self._scope.wait = None  # a deferral covers the attempt that made it only
             return await self._fn()
         if isinstance(first, BaseException):
             raise first
@@ -744,8 +996,11 @@ class RetryPolicy:
     Retries happen on :class:`TransportConnectError` and on *retry_statuses*; the wait is the
     upstream's ``Retry-After`` when it sends one, else exponential backoff with jitter. An upstream
     asking for more than *retry_after_cap* seconds is not retried at all: its answer is returned at
-    once (the service turns it into an error carrying ``retry_after``). The first attempt runs
-    without tenacity (it costs ~20 us per call); tenacity takes over only once a retry is due.
+    once (the service turns it into an error carrying ``retry_after``). An attempt that knows no
+    retry can succeed for a while (a credential pool with every credential cooling down) says so
+    with :func:`defer_retry`: the policy waits at least that long, or fails fast the same way
+    when that is beyond the cap. The first attempt runs without tenacity (it costs ~20 us per
+    call); tenacity takes over only once a retry is due.
 
     Attributes:
         max_attempts: attempts in total (``1`` disables retries).
@@ -797,13 +1052,19 @@ class RetryPolicy:
     ) -> UpstreamResponse:
         """Run *attempt* until it succeeds, is not retryable, or the policy gives up.
 
-        Returns the last response (possibly a non-2xx one); raises the last exception.
+        Returns the last response (possibly a non-2xx one); raises the last exception. An
+        attempt may call :func:`defer_retry` to say when another one could succeed.
         """
+        scope = _RetryScope()
+        token = _SCOPE.set(scope)
         try:
-            first: UpstreamResponse | BaseException = await attempt()
-        except TransportConnectError as exc:
-            first = exc
-        return await self.resume(first, attempt, clock, name=name)
+            try:
+                first: UpstreamResponse | BaseException = await attempt()
+            except TransportConnectError as exc:
+                first = exc
+            return await self._resume(first, attempt, clock, name, scope)
+        finally:
+            _SCOPE.reset(token)
 
     async def resume(
         self,
@@ -824,9 +1085,28 @@ class RetryPolicy:
             if isinstance(first, BaseException):
                 raise first
             return first
-        return await self._retrying(clock, name)(_Replay(first, attempt))
+        scope = _RetryScope()  # the later attempts may defer_retry()
+        token = _SCOPE.set(scope)
+        try:
+            return await self._resume(first, attempt, clock, name, scope)
+        finally:
+            _SCOPE.reset(token)
 
-    def _retrying(self, clock: Clock, name: str) -> AsyncRetrying:
+    async def _resume(
+        self,
+        first: UpstreamResponse | BaseException,
+        attempt: Callable[[], Awaitable[UpstreamResponse]],
+        clock: Clock,
+        name: str,
+        scope: _RetryScope,
+    ) -> UpstreamResponse:
+        if self.max_attempts == 1 or not self.should_retry(first):
+            if isinstance(first, BaseException):
+                raise first
+            return _with_retry_after(first, scope, clock)
+        return await self._retrying(clock, name, scope)(_Replay(first, attempt, scope))
+
+    def _retrying(self, clock: Clock, name: str, scope: _RetryScope) -> AsyncRetrying:
         statuses = self.retry_statuses
 
         def before_sleep(state: RetryCallState) -> None:
@@ -845,15 +1125,18 @@ class RetryPolicy:
 
         def give_up(state: RetryCallState) -> Any:
             assert state.outcome is not None
-            return state.outcome.result()  # the last response, or re-raise the last error
+            # the last response, or re-raise the last error
+            return _with_retry_after(state.outcome.result(), scope, clock)
 
         return AsyncRetrying(
-            stop=stop_after_attempt(self.max_attempts) | _StopOnLongRetryAfter(clock, self.retry_after_cap),
+            stop=stop_after_attempt(self.max_attempts)
+            | _StopOnLongRetryAfter(clock, self.retry_after_cap, scope),
             wait=_WaitRetryAfter(
                 clock,
                 wait_exponential_jitter(
                     multiplier=self.backoff_initial, max=self.backoff_max, jitter=self.jitter
                 ),
+                scope,
             ),
             retry=retry_if_exception_type(TransportConnectError)
             | retry_if_result(lambda r: isinstance(r, UpstreamResponse) and r.status in statuses),
